@@ -1,0 +1,33 @@
+"""jaxvae: variational autoencoders in JAX/Flax, as pure functions.
+
+Everything an experiment uses is importable from here; see README.md for a tour.
+"""
+
+from jaxvae import data
+from jaxvae import models
+from jaxvae import run
+from jaxvae.checkpoints import CheckpointError, load_model
+from jaxvae.config import Config, ConfigError, build_model
+from jaxvae.data import BINARIZATIONS, DataError, Mnist, Split, load_mnist, test_targets, train_targets
+from jaxvae.distributions import (
+    bernoulli_log_likelihood,
+    gaussian_log_likelihood,
+    kl_to_standard_normal,
+    reparameterize,
+    standard_normal_log_density,
+)
+from jaxvae.evaluate import elbo_terms, iwae_bounds
+from jaxvae.models import ACTIVATIONS, WEIGHT_INITS, Decoder, Encoder, VAE, init_params
+from jaxvae.objectives import Elbo, batch_elbo, batch_iwae_bound, elbo, iwae_bound, log_importance_weights
+from jaxvae.plots import image_grid, save_image_grid
+from jaxvae.run import train_and_evaluate
+from jaxvae.train import (
+    KeyStreams,
+    TrainState,
+    create_train_state,
+    make_optimizer,
+    make_train_epoch,
+    make_train_step,
+)
+
+__version__ = "0.1.0"

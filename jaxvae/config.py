@@ -1,0 +1,83 @@
+"""The run configuration: one frozen dataclass, saved as config.json in the workdir."""
+
+import dataclasses
+import json
+import pathlib
+
+from jaxvae import data as data_lib
+from jaxvae import models
+
+
+class ConfigError(ValueError):
+  """A configuration value is out of range, or conflicts with the workdir's saved run."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  # Model.
+  latent_dim: int = 20
+  hidden_dim: int = 400
+  num_layers: int = 1
+  activation: str = "relu"
+  weight_init: str = "uniform"  # see models.WEIGHT_INITS
+  # Optimisation.
+  num_epochs: int = 50
+  batch_size: int = 128
+  learning_rate: float = 1e-3
+  seed: int = 0
+  # Data.
+  binarization: str = "dynamic"
+  data_source: str = "auto"
+  data_dir: str | None = None  # TFDS data dir
+  data_path: str | None = None  # .npz (source npz) or pickle (source offline)
+  tfds_download: bool = False
+  # Evaluation and checkpoints.
+  eval_iwae_samples: int = 5000  # 0 skips the IWAE estimate
+  iwae_chunk_size: int = 500  # importance samples decoded at once per example
+  eval_batch_size: int = 100  # test images per IWAE call
+  checkpoint_every: int = 1  # epochs between checkpoints (and always the last)
+
+  def validate(self) -> "Config":
+    """Raises `ConfigError` naming the first invalid field; returns self."""
+    positive = ("latent_dim", "hidden_dim", "num_epochs", "batch_size", "iwae_chunk_size", "eval_batch_size",
+                "checkpoint_every")
+    for name in positive:
+      if getattr(self, name) <= 0:
+        raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+    if self.num_layers < 0:
+      raise ConfigError(f"num_layers must be >= 0, got {self.num_layers}")
+    if not self.learning_rate > 0:
+      raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
+    if self.eval_iwae_samples < 0:
+      raise ConfigError(f"eval_iwae_samples must be >= 0, got {self.eval_iwae_samples}")
+    choices = {"activation": models.ACTIVATIONS, "weight_init": models.WEIGHT_INITS, "binarization": data_lib.BINARIZATIONS,
+               "data_source": data_lib.SOURCES}
+    for name, allowed in choices.items():
+      if getattr(self, name) not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
+    return self
+
+  def to_json(self) -> str:
+    return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+  @classmethod
+  def from_json_file(cls, path) -> "Config":
+    """Reads a config.json; unknown keys are an error (a foreign or newer file)."""
+    try:
+      values = json.loads(pathlib.Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+      raise ConfigError(f"{path}: unreadable config ({e})") from None
+    fields = {f.name for f in dataclasses.fields(cls)}
+    if not isinstance(values, dict) or set(values) - fields:
+      raise ConfigError(f"{path}: not a jaxvae config (unknown keys {sorted(set(values) - fields)})")
+    return cls(**values)
+
+
+# Fields that may change when a run is resumed: they do not alter the trained weights.
+RESUMABLE_FIELDS = ("num_epochs", "eval_iwae_samples", "iwae_chunk_size", "eval_batch_size", "checkpoint_every",
+                    "data_dir", "data_path", "data_source", "tfds_download")
+
+
+def build_model(config: Config) -> models.VAE:
+  return models.VAE(latent_dim=config.latent_dim, output_dim=data_lib.NUM_PIXELS, hidden_dim=config.hidden_dim,
+                    num_layers=config.num_layers, activation=config.activation, weight_init=config.weight_init)

@@ -1,0 +1,170 @@
+"""One complete run in a workdir: data, compiled training, evaluation, artifacts.
+
+`train_and_evaluate(config, workdir)` writes into `workdir`:
+  config.json          the `Config` of the run
+  metrics.jsonl        one JSON record per epoch, then one with `"final": true`
+  samples.png          8x8 Bernoulli means of decoded z ~ N(0, I) (fixed z)
+  reconstructions.png  rows of 8 test images and, below each, their reconstructions
+  images/epoch_NNN_{samples,reconstructions}.png   the same grids after every epoch
+  checkpoints/<epoch>/ orbax checkpoints (newest two kept)
+Re-running with the same config resumes from the newest checkpoint; a config
+that changes the trained model is refused unless `overwrite=True`.
+"""
+
+import dataclasses
+import json
+import pathlib
+import shutil
+import time
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxvae import checkpoints
+from jaxvae import config as config_lib
+from jaxvae import data as data_lib
+from jaxvae import evaluate
+from jaxvae import plots
+from jaxvae import train
+
+ARTIFACTS = ("checkpoints", "images", "metrics.jsonl", "samples.png", "reconstructions.png", "config.json")
+NUM_GRID = 64
+
+
+def quiet_library_logs() -> None:
+  """Drops INFO records of libraries (orbax logs every checkpoint step) from absl's handler."""
+  import logging as std_logging  # pylint: disable=g-import-not-at-top
+
+  def keep(record):
+    return record.levelno >= std_logging.WARNING or "jaxvae" in record.pathname or "experiments" in record.pathname
+
+  logging.get_absl_handler().addFilter(keep)
+
+
+def read_metrics(path) -> list[dict]:
+  path = pathlib.Path(path)
+  if not path.is_file():
+    return []
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def append_metrics(path, record: dict) -> None:
+  with open(path, "a") as f:
+    f.write(json.dumps(record) + "\n")
+
+
+def prepare_workdir(config: config_lib.Config, workdir: pathlib.Path, overwrite: bool) -> None:
+  """Refuses a workdir holding something else; with `overwrite`, removes the old run's artifacts."""
+  config_path = workdir / "config.json"
+  if overwrite:
+    for name in ARTIFACTS:
+      target = workdir / name
+      if target.is_dir():
+        shutil.rmtree(target)
+      elif target.exists():
+        target.unlink()
+  elif config_path.exists():
+    saved = config_lib.Config.from_json_file(config_path)
+    changed = [f"{f.name}: {getattr(saved, f.name)!r} -> {getattr(config, f.name)!r}"
+               for f in dataclasses.fields(config)
+               if f.name not in config_lib.RESUMABLE_FIELDS and getattr(saved, f.name) != getattr(config, f.name)]
+    if changed:
+      raise config_lib.ConfigError(
+          f"{workdir} holds a run with other settings ({'; '.join(changed)}); "
+          "use another --workdir, or --overwrite to replace that run")
+  elif workdir.exists() and any(workdir.iterdir()):
+    raise config_lib.ConfigError(f"{workdir} is not empty and holds no jaxvae run; use another --workdir")
+  workdir.mkdir(parents=True, exist_ok=True)
+
+
+def write_grids(model, params, z_NxL, test_x_NxD, directory: pathlib.Path, prefix: str = "") -> None:
+  """Prior samples (fixed z) and test reconstructions (posterior means) as PNG grids."""
+  vae = model.bind(params)
+  samples = jax.nn.sigmoid(vae.decode(z_NxL))
+  originals = test_x_NxD[: NUM_GRID // 2]
+  recons = jax.nn.sigmoid(vae.decode(vae.encode(originals)[0]))
+  pairs = np.stack([np.asarray(originals).reshape(-1, 8, originals.shape[-1]),
+                    np.asarray(recons).reshape(-1, 8, originals.shape[-1])], axis=1)
+  plots.save_image_grid(directory / f"{prefix}samples.png", samples, num_cols=8)
+  plots.save_image_grid(directory / f"{prefix}reconstructions.png", pairs.reshape(-1, originals.shape[-1]), num_cols=8)
+
+
+def train_and_evaluate(config: config_lib.Config, workdir, overwrite: bool = False) -> dict:
+  """Trains and evaluates `config` in `workdir` (see the module docstring). Returns the final record."""
+  config.validate()
+  workdir = pathlib.Path(workdir)
+  prepare_workdir(config, workdir, overwrite)
+  mnist = data_lib.load_mnist(config.data_source, config.data_dir, config.tfds_download, config.data_path)
+  num_train = len(mnist.train.labels)
+  if config.batch_size > num_train:
+    raise config_lib.ConfigError(f"batch_size {config.batch_size} exceeds the {num_train} training images")
+  (workdir / "config.json").write_text(config.to_json() + "\n")
+
+  model = config_lib.build_model(config)
+  optimizer = train.make_optimizer(config)
+  keys = train.KeyStreams.from_seed(config.seed)
+  state = train.create_train_state(model, optimizer, keys.init)
+  mngr = checkpoints.manager(workdir)
+  restored, start_epoch = checkpoints.restore(mngr, state)
+  metrics_path = workdir / "metrics.jsonl"
+  records = read_metrics(metrics_path)
+  if (records and records[-1].get("final") and records[-1]["epoch"] == start_epoch == config.num_epochs
+      and records[-1].get("iwae_samples", 0) == config.eval_iwae_samples):
+    print(f"{workdir} is complete: {json.dumps(records[-1])}", flush=True)
+    return records[-1]
+  records = [r for r in records if not r.get("final") and r["epoch"] <= start_epoch]
+  metrics_path.write_text("".join(json.dumps(r) + "\n" for r in records))
+  if restored is not None:
+    state = restored
+    logging.info("resumed from checkpoint of epoch %d (step %d)", start_epoch, int(state.step))
+
+  train_images = jax.device_put(data_lib.prepare_train_images(mnist.train.images, config.binarization))
+  test_x = jax.device_put(data_lib.test_targets(mnist.test.images, config.binarization))
+  grid_z = jax.random.normal(keys.sample, (NUM_GRID, config.latent_dim))
+  epoch_fn = train.make_train_epoch(model, optimizer, config.batch_size, config.binarization)
+  start = time.perf_counter()
+  epoch_fn = epoch_fn.lower(state, train_images, keys.data, keys.train).compile()
+  logging.info("compiled the training epoch in %.1f s", time.perf_counter() - start)
+  images_per_epoch = (num_train // config.batch_size) * config.batch_size
+  wall_start = time.perf_counter() - (records[-1]["wall_seconds"] if records else 0.0)
+
+  for epoch in range(start_epoch + 1, config.num_epochs + 1):
+    start = time.perf_counter()
+    state, train_metrics = epoch_fn(state, train_images, jax.random.fold_in(keys.data, epoch), keys.train)
+    train_metrics = jax.device_get(train_metrics)
+    seconds = time.perf_counter() - start
+    test = jax.tree.map(lambda a: float(jnp.mean(a)), evaluate.elbo_terms(model, state.params, keys.eval, test_x))
+    record = {
+        "epoch": epoch, "step": int(state.step),
+        "train_neg_elbo": float(train_metrics["neg_elbo"]), "train_kl": float(train_metrics["kl"]),
+        "train_reconstruction": float(train_metrics["reconstruction"]),
+        "test_neg_elbo": -test.elbo, "test_kl": test.kl, "test_reconstruction": test.reconstruction,
+        "images_per_sec": images_per_epoch / seconds, "epoch_seconds": seconds,
+        "wall_seconds": time.perf_counter() - wall_start,
+    }
+    append_metrics(metrics_path, record)
+    print(f"epoch {epoch:4d}/{config.num_epochs}  train -ELBO {record['train_neg_elbo']:8.2f}  "
+          f"test -ELBO {record['test_neg_elbo']:8.2f}  KL {record['test_kl']:6.2f}  "
+          f"{record['images_per_sec']:8,.0f} images/s", flush=True)
+    write_grids(model, state.params, grid_z, test_x, workdir / "images", f"epoch_{epoch:03d}_")
+    if epoch % config.checkpoint_every == 0 or epoch == config.num_epochs:
+      checkpoints.save(mngr, state, epoch)
+
+  test = jax.tree.map(lambda a: float(jnp.mean(a)), evaluate.elbo_terms(model, state.params, keys.eval, test_x))
+  final = {"final": True, "epoch": config.num_epochs, "step": int(state.step), "test_neg_elbo": -test.elbo,
+           "test_kl": test.kl, "test_reconstruction": test.reconstruction}
+  if config.eval_iwae_samples:
+    start = time.perf_counter()
+    bounds = evaluate.iwae_bounds(model, state.params, keys.eval, test_x, config.eval_iwae_samples,
+                                  config.eval_batch_size, config.iwae_chunk_size)
+    final.update(iwae_nll=float(-bounds.mean()), iwae_nll_stderr=float(bounds.std() / np.sqrt(len(bounds))),
+                 iwae_samples=config.eval_iwae_samples, iwae_seconds=time.perf_counter() - start)
+  append_metrics(metrics_path, final)
+  write_grids(model, state.params, grid_z, test_x, workdir)
+  summary = f"test -ELBO {final['test_neg_elbo']:.2f} nats"
+  if "iwae_nll" in final:
+    summary += f", IWAE NLL (k={config.eval_iwae_samples}) {final['iwae_nll']:.2f} ± {final['iwae_nll_stderr']:.2f}"
+  print(f"final: {summary}; artifacts in {workdir}", flush=True)
+  return final

@@ -1,0 +1,29 @@
+"""Shared fixtures: tiny models and a tiny MNIST-like data set, all offline on CPU."""
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import numpy as np  # pylint: disable=g-import-not-at-top
+import pytest  # pylint: disable=g-import-not-at-top
+
+
+def make_digits(num: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """Blurry class-dependent blobs as uint8 [num, 28, 28] with labels: learnable structure."""
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, 10, num)
+  yy, xx = np.mgrid[:28, :28]
+  centers = np.stack([6 + 2 * (labels % 5) * 2, 8 + 6 * (labels // 5)], axis=1)
+  dist2 = (yy[None] - centers[:, 0, None, None]) ** 2 + (xx[None] - centers[:, 1, None, None]) ** 2
+  images = 255 * np.exp(-dist2 / 18.0) + rng.normal(0, 10, (num, 28, 28))
+  return np.clip(images, 0, 255).astype(np.uint8), labels.astype(np.int64)
+
+
+@pytest.fixture
+def tiny_npz(tmp_path):
+  """A Keras-layout mnist .npz with 512 train and 128 test images."""
+  x_train, y_train = make_digits(512, 0)
+  x_test, y_test = make_digits(128, 1)
+  path = tmp_path / "tiny_mnist.npz"
+  np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+  return path

@@ -38,6 +38,9 @@ _IWAE_CHUNK_SIZE = flags.DEFINE_integer("iwae_chunk_size", _D.iwae_chunk_size,
                                         "Importance samples decoded at once per image (memory bound).")
 _EVAL_BATCH_SIZE = flags.DEFINE_integer("eval_batch_size", _D.eval_batch_size, "Test images per IWAE call.")
 _CHECKPOINT_EVERY = flags.DEFINE_integer("checkpoint_every", _D.checkpoint_every, "Epochs between checkpoints.")
+_NONFINITE_POLICY = flags.DEFINE_enum("nonfinite_policy", _D.nonfinite_policy, ("stop", "skip"),
+                                      "On a non-finite loss or gradient: stop (keeping the last good "
+                                      "checkpoint) or skip that update.")
 _DATA_SOURCE = flags.DEFINE_enum("data_source", _D.data_source, jaxvae.data.SOURCES,
                                  "auto: prepared TFDS data, else the offline copy; tfds; offline; npz.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory.")
@@ -53,7 +56,7 @@ def config_from_flags() -> config_lib.Config:
       data_source=_DATA_SOURCE.value, data_dir=_DATA_DIR.value, data_path=_DATA_PATH.value,
       tfds_download=_TFDS_DOWNLOAD.value, eval_iwae_samples=_EVAL_IWAE_SAMPLES.value,
       iwae_chunk_size=_IWAE_CHUNK_SIZE.value, eval_batch_size=_EVAL_BATCH_SIZE.value,
-      checkpoint_every=_CHECKPOINT_EVERY.value)
+      checkpoint_every=_CHECKPOINT_EVERY.value, nonfinite_policy=_NONFINITE_POLICY.value)
 
 
 def main(argv):
@@ -62,8 +65,11 @@ def main(argv):
   jaxvae.run.quiet_library_logs()
   try:
     jaxvae.train_and_evaluate(config_from_flags().validate(), _WORKDIR.value, overwrite=_OVERWRITE.value)
-  except (config_lib.ConfigError, jaxvae.DataError, jaxvae.CheckpointError) as e:
+  except (config_lib.ConfigError, jaxvae.DataError, jaxvae.CheckpointError, jaxvae.NonFiniteError) as e:
     sys.exit(f"error: {e}")
+  except jaxvae.Interrupted as e:
+    print(e, file=sys.stderr)
+    sys.exit(e.exit_code)
 
 
 if __name__ == "__main__":

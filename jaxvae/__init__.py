@@ -20,7 +20,7 @@ from jaxvae.evaluate import elbo_terms, iwae_bounds
 from jaxvae.models import ACTIVATIONS, WEIGHT_INITS, Decoder, Encoder, VAE, init_params
 from jaxvae.objectives import Elbo, batch_elbo, batch_iwae_bound, elbo, iwae_bound, log_importance_weights
 from jaxvae.plots import image_grid, save_image_grid
-from jaxvae.run import train_and_evaluate
+from jaxvae.run import Interrupted, NonFiniteError, train_and_evaluate
 from jaxvae.train import (
     KeyStreams,
     TrainState,

@@ -9,6 +9,7 @@ replaces a good checkpoint.
 
 import pathlib
 
+from absl import logging
 import flax
 import jax
 import numpy as np
@@ -23,8 +24,15 @@ class CheckpointError(ValueError):
 
 
 def manager(workdir, max_to_keep: int = 2) -> ocp.CheckpointManager:
+  """The run's checkpoint manager. Saves that were cut off (a `kill -9` mid-write) are
+  left as `*.orbax-checkpoint-tmp*` directories: they are never restored, and are
+  reported here with a warning and removed."""
   path = pathlib.Path(workdir).absolute() / "checkpoints"
-  return ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+  for partial in sorted(path.glob("*.orbax-checkpoint-tmp*")) if path.is_dir() else []:
+    logging.warning("ignoring the incomplete checkpoint %s (its save was interrupted)", partial)
+  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True)
+  handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+  return ocp.CheckpointManager(path, options=options, item_handlers=handlers)
 
 
 def save(mngr: ocp.CheckpointManager, state: train.TrainState, epoch: int) -> None:
@@ -44,21 +52,28 @@ def restore(mngr: ocp.CheckpointManager, target: train.TrainState, epoch: int | 
   epoch = mngr.latest_step() if epoch is None else epoch
   if epoch is None:
     return None, 0
+  where = f"checkpoint {mngr.directory}/{epoch}"
   target_dict = flax.serialization.to_state_dict(target)
+  # Compare shapes with the stored metadata first: a foreign checkpoint is refused
+  # before any array is read.
+  try:
+    stored = dict(mngr.item_metadata(epoch)["state"])
+    shapes = lambda tree: {jax.tree_util.keystr(p): tuple(np.shape(x))
+                           for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    want, got = shapes(target_dict), shapes(jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), stored))
+  except Exception as e:  # orbax raises many types for damaged files
+    raise CheckpointError(f"{where} is unreadable: {str(e).splitlines()[0][:200]}") from None
+  if want != got:
+    diff = sorted(k for k in want.keys() | got.keys() if want.get(k) != got.get(k))
+    raise CheckpointError(f"{where} does not fit this model: {diff[0]} is {got.get(diff[0])} there, "
+                          f"{want.get(diff[0])} here ({len(diff)} arrays differ)")
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target_dict)
   try:
     restored = mngr.restore(epoch, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
     state = flax.serialization.from_state_dict(target, restored.state)
-  except Exception as e:  # orbax raises many types for damaged or foreign files
-    raise CheckpointError(
-        f"checkpoint {mngr.directory}/{epoch} cannot be restored into this model: {str(e).splitlines()[0][:200]}"
-    ) from None
-  mismatched = [jax.tree_util.keystr(path)
-                for (path, want), got in zip(jax.tree_util.tree_flatten_with_path(target)[0], jax.tree.leaves(state))
-                if np.shape(want) != np.shape(got)]
-  if mismatched:
-    raise CheckpointError(f"checkpoint {mngr.directory}/{epoch} has other shapes at {', '.join(mismatched[:3])}")
+  except Exception as e:  # orbax raises many types for damaged files
+    raise CheckpointError(f"{where} cannot be restored: {str(e).splitlines()[0][:200]}") from None
   return state, int(restored.meta["epoch"])
 
 
@@ -78,8 +93,8 @@ def load_model(workdir, epoch: int | None = None):
   model = config_lib.build_model(config)
   optimizer = train.make_optimizer(config)
   target = jax.eval_shape(lambda: train.create_train_state(model, optimizer, jax.random.key(0)))
-  mngr = manager(workdir)
-  if mngr.latest_step() is None:
-    raise CheckpointError(f"{workdir}: no checkpoint")
-  state, _ = restore(mngr, target, epoch)
+  with manager(workdir) as mngr:
+    if mngr.latest_step() is None:
+      raise CheckpointError(f"{workdir}: no checkpoint")
+    state, _ = restore(mngr, target, epoch)
   return model, state.params, config

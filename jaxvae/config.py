@@ -36,6 +36,7 @@ class Config:
   iwae_chunk_size: int = 500  # importance samples decoded at once per example
   eval_batch_size: int = 100  # test images per IWAE call
   checkpoint_every: int = 1  # epochs between checkpoints (and always the last)
+  nonfinite_policy: str = "stop"  # a non-finite loss/gradient: "stop" the run, or "skip" the update
 
   def validate(self) -> "Config":
     """Raises `ConfigError` naming the first invalid field; returns self."""
@@ -51,7 +52,8 @@ class Config:
     if self.eval_iwae_samples < 0:
       raise ConfigError(f"eval_iwae_samples must be >= 0, got {self.eval_iwae_samples}")
     choices = {"activation": models.ACTIVATIONS, "weight_init": models.WEIGHT_INITS, "binarization": data_lib.BINARIZATIONS,
-               "data_source": data_lib.SOURCES}
+               "data_source": data_lib.SOURCES,
+               "nonfinite_policy": ("stop", "skip")}
     for name, allowed in choices.items():
       if getattr(self, name) not in allowed:
         raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
@@ -75,7 +77,7 @@ class Config:
 
 # Fields that may change when a run is resumed: they do not alter the trained weights.
 RESUMABLE_FIELDS = ("num_epochs", "eval_iwae_samples", "iwae_chunk_size", "eval_batch_size", "checkpoint_every",
-                    "data_dir", "data_path", "data_source", "tfds_download")
+                    "data_dir", "data_path", "data_source", "tfds_download", "nonfinite_policy")
 
 
 def build_model(config: Config) -> models.VAE:

@@ -58,9 +58,13 @@ def iwae_bounds(
   keys_N = jax.random.split(key, n)
   bounds = []
   start = last_log = time.perf_counter()
+  batch_size = min(batch_size, n)
   for lo in range(0, n, batch_size):
     hi = min(lo + batch_size, n)
-    bounds.append(np.asarray(_iwae_batch(model, params, keys_N[lo:hi], x_NxD[lo:hi], num_samples, chunk_size)))
+    # The last batch is padded to full size, so there is a single compilation.
+    idx = np.minimum(np.arange(lo, lo + batch_size), n - 1)
+    batch = np.asarray(_iwae_batch(model, params, keys_N[idx], x_NxD[idx], num_samples, chunk_size))
+    bounds.append(batch[: hi - lo])
     if time.perf_counter() - last_log > 30:
       last_log = time.perf_counter()
       logging.info("IWAE k=%d: %d/%d images, %.0f s", num_samples, hi, n, last_log - start)

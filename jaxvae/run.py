@@ -12,9 +12,12 @@ that changes the trained model is refused unless `overwrite=True`.
 """
 
 import dataclasses
+import functools
 import json
 import pathlib
 import shutil
+import signal
+import threading
 import time
 
 from absl import logging
@@ -28,6 +31,41 @@ from jaxvae import data as data_lib
 from jaxvae import evaluate
 from jaxvae import plots
 from jaxvae import train
+
+class NonFiniteError(RuntimeError):
+  """Training produced a non-finite loss or gradient (with nonfinite_policy "stop")."""
+
+
+class Interrupted(Exception):
+  """SIGTERM or SIGINT arrived; the run saved a checkpoint and stopped."""
+
+  def __init__(self, message: str, signum: int):
+    super().__init__(message)
+    self.exit_code = 128 + signum
+
+
+class StopSignals:
+  """While active, SIGTERM and SIGINT set `self.signum` instead of killing the process,
+  so the training loop can finish its epoch, save a checkpoint and exit cleanly."""
+
+  def __init__(self):
+    self.signum = None
+    self._previous = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for signum in (signal.SIGTERM, signal.SIGINT):
+        self._previous[signum] = signal.signal(signum, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.signum = signum
+
+  def __exit__(self, *exc):
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+
 
 ARTIFACTS = ("checkpoints", "images", "metrics.jsonl", "samples.png", "reconstructions.png", "config.json")
 NUM_GRID = 64
@@ -79,16 +117,57 @@ def prepare_workdir(config: config_lib.Config, workdir: pathlib.Path, overwrite:
   workdir.mkdir(parents=True, exist_ok=True)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _grid_images(model, params, z_NxL, x_MxD):
+  """Bernoulli means of decoded z and of the reconstructions (posterior means) of x."""
+  vae = model.bind(params)
+  return jax.nn.sigmoid(vae.decode(z_NxL)), jax.nn.sigmoid(vae.decode(vae.encode(x_MxD)[0]))
+
+
 def write_grids(model, params, z_NxL, test_x_NxD, directory: pathlib.Path, prefix: str = "") -> None:
   """Prior samples (fixed z) and test reconstructions (posterior means) as PNG grids."""
-  vae = model.bind(params)
-  samples = jax.nn.sigmoid(vae.decode(z_NxL))
   originals = test_x_NxD[: NUM_GRID // 2]
-  recons = jax.nn.sigmoid(vae.decode(vae.encode(originals)[0]))
+  samples, recons = _grid_images(model, params, z_NxL, originals)
   pairs = np.stack([np.asarray(originals).reshape(-1, 8, originals.shape[-1]),
                     np.asarray(recons).reshape(-1, 8, originals.shape[-1])], axis=1)
   plots.save_image_grid(directory / f"{prefix}samples.png", samples, num_cols=8)
   plots.save_image_grid(directory / f"{prefix}reconstructions.png", pairs.reshape(-1, originals.shape[-1]), num_cols=8)
+
+
+def train_one_epoch(config, workdir, model, state, epoch_fn, epoch, keys, train_images, test_x, grid_z, mngr,
+                    images_per_epoch, wall_start, metrics_path):
+  """Runs epoch `epoch`, logs and records it, writes its grids and (when due) a checkpoint."""
+  start = time.perf_counter()
+  state, train_metrics = epoch_fn(state, train_images, jax.random.fold_in(keys.data, epoch), keys.train)
+  train_metrics = jax.device_get(train_metrics)
+  seconds = time.perf_counter() - start
+  if train_metrics["nonfinite_steps"]:
+    step = int(train_metrics["first_nonfinite_step"])
+    if config.nonfinite_policy == "stop":
+      last = mngr.latest_step()
+      kept = f"the last good checkpoint is epoch {last}" if last is not None else "no checkpoint was written yet"
+      raise NonFiniteError(
+          f"non-finite loss or gradient in epoch {epoch} at step {step}: training stopped; {kept}; "
+          "lower --learning_rate, or pass --nonfinite_policy=skip to skip such updates")
+    logging.warning("epoch %d: skipped %d non-finite updates (the first at step %d)", epoch,
+                    int(train_metrics["nonfinite_steps"]), step)
+  test = jax.tree.map(lambda a: float(jnp.mean(a)), evaluate.elbo_terms(model, state.params, keys.eval, test_x))
+  record = {
+      "epoch": epoch, "step": int(state.step),
+      "train_neg_elbo": float(train_metrics["neg_elbo"]), "train_kl": float(train_metrics["kl"]),
+      "train_reconstruction": float(train_metrics["reconstruction"]),
+      "test_neg_elbo": -test.elbo, "test_kl": test.kl, "test_reconstruction": test.reconstruction,
+      "images_per_sec": images_per_epoch / seconds, "epoch_seconds": seconds,
+      "wall_seconds": time.perf_counter() - wall_start, "nonfinite_steps": int(train_metrics["nonfinite_steps"]),
+  }
+  append_metrics(metrics_path, record)
+  print(f"epoch {epoch:4d}/{config.num_epochs}  train -ELBO {record['train_neg_elbo']:8.2f}  "
+        f"test -ELBO {record['test_neg_elbo']:8.2f}  KL {record['test_kl']:6.2f}  "
+        f"{record['images_per_sec']:8,.0f} images/s", flush=True)
+  write_grids(model, state.params, grid_z, test_x, workdir / "images", f"epoch_{epoch:03d}_")
+  if epoch % config.checkpoint_every == 0 or epoch == config.num_epochs:
+    checkpoints.save(mngr, state, epoch)
+  return state
 
 
 def train_and_evaluate(config: config_lib.Config, workdir, overwrite: bool = False) -> dict:
@@ -100,14 +179,20 @@ def train_and_evaluate(config: config_lib.Config, workdir, overwrite: bool = Fal
   num_train = len(mnist.train.labels)
   if config.batch_size > num_train:
     raise config_lib.ConfigError(f"batch_size {config.batch_size} exceeds the {num_train} training images")
-  (workdir / "config.json").write_text(config.to_json() + "\n")
 
   model = config_lib.build_model(config)
   optimizer = train.make_optimizer(config)
   keys = train.KeyStreams.from_seed(config.seed)
   state = train.create_train_state(model, optimizer, keys.init)
-  mngr = checkpoints.manager(workdir)
+  with checkpoints.manager(workdir) as mngr:  # closed on every exit, errors included
+    return _train_and_evaluate(config, workdir, mnist, model, optimizer, keys, state, mngr)
+
+
+def _train_and_evaluate(config, workdir, mnist, model, optimizer, keys, state, mngr) -> dict:
+  num_train = len(mnist.train.labels)
   restored, start_epoch = checkpoints.restore(mngr, state)
+  # Only now, with the checkpoint (if any) known to be good, does anything in workdir change.
+  (workdir / "config.json").write_text(config.to_json() + "\n")
   metrics_path = workdir / "metrics.jsonl"
   records = read_metrics(metrics_path)
   if (records and records[-1].get("final") and records[-1]["epoch"] == start_epoch == config.num_epochs
@@ -123,34 +208,25 @@ def train_and_evaluate(config: config_lib.Config, workdir, overwrite: bool = Fal
   train_images = jax.device_put(data_lib.prepare_train_images(mnist.train.images, config.binarization))
   test_x = jax.device_put(data_lib.test_targets(mnist.test.images, config.binarization))
   grid_z = jax.random.normal(keys.sample, (NUM_GRID, config.latent_dim))
-  epoch_fn = train.make_train_epoch(model, optimizer, config.batch_size, config.binarization)
+  epoch_fn = train.make_train_epoch(model, optimizer, config.batch_size, config.binarization,
+                                    config.nonfinite_policy)
   start = time.perf_counter()
   epoch_fn = epoch_fn.lower(state, train_images, keys.data, keys.train).compile()
   logging.info("compiled the training epoch in %.1f s", time.perf_counter() - start)
   images_per_epoch = (num_train // config.batch_size) * config.batch_size
   wall_start = time.perf_counter() - (records[-1]["wall_seconds"] if records else 0.0)
 
-  for epoch in range(start_epoch + 1, config.num_epochs + 1):
-    start = time.perf_counter()
-    state, train_metrics = epoch_fn(state, train_images, jax.random.fold_in(keys.data, epoch), keys.train)
-    train_metrics = jax.device_get(train_metrics)
-    seconds = time.perf_counter() - start
-    test = jax.tree.map(lambda a: float(jnp.mean(a)), evaluate.elbo_terms(model, state.params, keys.eval, test_x))
-    record = {
-        "epoch": epoch, "step": int(state.step),
-        "train_neg_elbo": float(train_metrics["neg_elbo"]), "train_kl": float(train_metrics["kl"]),
-        "train_reconstruction": float(train_metrics["reconstruction"]),
-        "test_neg_elbo": -test.elbo, "test_kl": test.kl, "test_reconstruction": test.reconstruction,
-        "images_per_sec": images_per_epoch / seconds, "epoch_seconds": seconds,
-        "wall_seconds": time.perf_counter() - wall_start,
-    }
-    append_metrics(metrics_path, record)
-    print(f"epoch {epoch:4d}/{config.num_epochs}  train -ELBO {record['train_neg_elbo']:8.2f}  "
-          f"test -ELBO {record['test_neg_elbo']:8.2f}  KL {record['test_kl']:6.2f}  "
-          f"{record['images_per_sec']:8,.0f} images/s", flush=True)
-    write_grids(model, state.params, grid_z, test_x, workdir / "images", f"epoch_{epoch:03d}_")
-    if epoch % config.checkpoint_every == 0 or epoch == config.num_epochs:
-      checkpoints.save(mngr, state, epoch)
+  with StopSignals() as signals:
+    for epoch in range(start_epoch + 1, config.num_epochs + 1):
+      state = train_one_epoch(
+          config, workdir, model, state, epoch_fn, epoch, keys, train_images, test_x, grid_z, mngr,
+          images_per_epoch, wall_start, metrics_path)
+      if signals.signum is not None and epoch < config.num_epochs:
+        if mngr.latest_step() != epoch:
+          checkpoints.save(mngr, state, epoch)
+        name = signal.Signals(signals.signum).name
+        raise Interrupted(f"{name} received: stopped after epoch {epoch} with a checkpoint in "
+                          f"{workdir / 'checkpoints'}; run the same command to resume", signals.signum)
 
   test = jax.tree.map(lambda a: float(jnp.mean(a)), evaluate.elbo_terms(model, state.params, keys.eval, test_x))
   final = {"final": True, "epoch": config.num_epochs, "step": int(state.step), "test_neg_elbo": -test.elbo,

@@ -45,20 +45,33 @@ class KeyStreams(NamedTuple):
 
 
 def create_train_state(model: nn.Module, optimizer: optax.GradientTransformation, key: jax.Array) -> TrainState:
-  params = models.init_params(model, key)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
+  """Initial params (from `key`) and optimizer state, built in one compiled call."""
+
+  def create(key):
+    params = models.init_params(model, key)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
+
+  return jax.jit(create)(key)
+
+
+NONFINITE_POLICIES = ("stop", "skip")
 
 
 def make_train_step(
-    model: nn.Module, optimizer: optax.GradientTransformation, binarization: str
+    model: nn.Module, optimizer: optax.GradientTransformation, binarization: str, nonfinite_policy: str = "stop"
 ) -> Callable[..., tuple[TrainState, dict]]:
   """Returns `step(state, images_BxD, bin_key, train_key) -> (state, metrics)` (not jitted).
 
   `images_BxD` are uint8 levels (see `data.prepare_train_images`); the loss is the
   batch mean of -ELBO in nats per image. `metrics` holds batch means of
-  `neg_elbo`, `reconstruction` (E_q log p(x|z)) and `kl`.
+  `neg_elbo`, `reconstruction` (E_q log p(x|z)) and `kl`, and `finite`: whether
+  the loss and every gradient were finite. With `nonfinite_policy="skip"` a
+  non-finite step leaves params and optimizer state unchanged; with `"stop"` it
+  is applied and the caller is expected to stop on `finite == False`.
   """
   data_lib.check_binarization(binarization)
+  if nonfinite_policy not in NONFINITE_POLICIES:
+    raise ValueError(f"unknown nonfinite_policy {nonfinite_policy!r}; choose one of {', '.join(NONFINITE_POLICIES)}")
 
   def loss_fn(params, key, x_BxD):
     terms = objectives.batch_elbo(model, params, key, x_BxD)
@@ -70,7 +83,12 @@ def make_train_step(
     (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, z_key, x_BxD)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"neg_elbo": loss, "reconstruction": jnp.mean(terms.reconstruction), "kl": jnp.mean(terms.kl)}
+    finite = jnp.isfinite(loss) & jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+    if nonfinite_policy == "skip":
+      params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                                       (params, opt_state), (state.params, state.opt_state))
+    metrics = {"neg_elbo": loss, "reconstruction": jnp.mean(terms.reconstruction), "kl": jnp.mean(terms.kl),
+               "finite": finite}
     return TrainState(state.step + 1, params, opt_state), metrics
 
   return step
@@ -89,15 +107,21 @@ def epoch_batches(key: jax.Array, num_examples: int, batch_size: int) -> tuple[j
 
 
 def make_train_epoch(
-    model: nn.Module, optimizer: optax.GradientTransformation, batch_size: int, binarization: str
+    model: nn.Module,
+    optimizer: optax.GradientTransformation,
+    batch_size: int,
+    binarization: str,
+    nonfinite_policy: str = "stop",
 ) -> Callable[..., tuple[TrainState, dict]]:
   """Returns a jitted `epoch(state, images_NxD, epoch_key, train_key) -> (state, metrics)`.
 
   The whole epoch is one compiled call: `lax.scan` over the batches of a
   permutation (drawn from `epoch_key`) of the device-resident uint8 images.
-  `metrics` are means over the epoch's batches. The input state is donated.
+  `metrics` are means over the epoch's finite steps, plus `nonfinite_steps` (their
+  count) and `first_nonfinite_step` (global step index, -1 if none). The input
+  state is donated.
   """
-  step = make_train_step(model, optimizer, binarization)
+  step = make_train_step(model, optimizer, binarization, nonfinite_policy)
 
   @functools.partial(jax.jit, donate_argnums=0)
   def epoch(state: TrainState, images_NxD: jax.Array, epoch_key: jax.Array, train_key: jax.Array):
@@ -107,8 +131,14 @@ def make_train_epoch(
       indices_B, bin_key = batch
       return step(state, images_NxD[indices_B], bin_key, train_key)
 
+    first_step = state.step
     state, metrics = jax.lax.scan(body, state, (batch_indices, bin_keys))
-    return state, jax.tree.map(jnp.mean, metrics)
+    finite = metrics.pop("finite")
+    num_finite = jnp.maximum(jnp.sum(finite), 1)
+    summary = {k: jnp.sum(jnp.where(finite, v, 0.0)) / num_finite for k, v in metrics.items()}
+    summary["nonfinite_steps"] = jnp.sum(~finite)
+    summary["first_nonfinite_step"] = jnp.where(jnp.all(finite), -1, first_step + jnp.argmin(finite))
+    return state, summary
 
   return epoch
 

@@ -19,11 +19,11 @@ def make_digits(num: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
   return np.clip(images, 0, 255).astype(np.uint8), labels.astype(np.int64)
 
 
-@pytest.fixture
-def tiny_npz(tmp_path):
-  """A Keras-layout mnist .npz with 512 train and 128 test images."""
+@pytest.fixture(scope="session")
+def tiny_npz(tmp_path_factory):
+  """A Keras-layout mnist .npz with 512 train and 128 test images (shared, read-only)."""
   x_train, y_train = make_digits(512, 0)
   x_test, y_test = make_digits(128, 1)
-  path = tmp_path / "tiny_mnist.npz"
+  path = tmp_path_factory.mktemp("data") / "tiny_mnist.npz"
   np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
   return path

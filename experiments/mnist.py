@@ -22,7 +22,7 @@ _HIDDEN_DIM = flags.DEFINE_integer("hidden_dim", _D.hidden_dim, "Width of each h
 _NUM_LAYERS = flags.DEFINE_integer("num_layers", _D.num_layers, "Hidden layers in encoder and decoder each.")
 _ACTIVATION = flags.DEFINE_enum("activation", _D.activation, jaxvae.ACTIVATIONS, "Hidden activation (jax.nn).")
 _WEIGHT_INIT = flags.DEFINE_enum("weight_init", _D.weight_init, jaxvae.models.WEIGHT_INITS,
-                          "Dense init: uniform (+-1/sqrt(fan_in), as PyTorch) or lecun_normal (Flax).")
+                                  "Dense init: uniform (+-1/sqrt(fan_in), as PyTorch) or lecun_normal (Flax).")
 _NUM_EPOCHS = flags.DEFINE_integer("num_epochs", _D.num_epochs, "Training epochs.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", _D.batch_size, "Training batch size.")
 _LEARNING_RATE = flags.DEFINE_float("learning_rate", _D.learning_rate, "Adam learning rate.")
@@ -38,7 +38,7 @@ _IWAE_CHUNK_SIZE = flags.DEFINE_integer("iwae_chunk_size", _D.iwae_chunk_size,
                                         "Importance samples decoded at once per image (memory bound).")
 _EVAL_BATCH_SIZE = flags.DEFINE_integer("eval_batch_size", _D.eval_batch_size, "Test images per IWAE call.")
 _CHECKPOINT_EVERY = flags.DEFINE_integer("checkpoint_every", _D.checkpoint_every, "Epochs between checkpoints.")
-_NONFINITE_POLICY = flags.DEFINE_enum("nonfinite_policy", _D.nonfinite_policy, ("stop", "skip"),
+_NONFINITE_POLICY = flags.DEFINE_enum("nonfinite_policy", _D.nonfinite_policy, jaxvae.train.NONFINITE_POLICIES,
                                       "On a non-finite loss or gradient: stop (keeping the last good "
                                       "checkpoint) or skip that update.")
 _DATA_SOURCE = flags.DEFINE_enum("data_source", _D.data_source, jaxvae.data.SOURCES,
@@ -65,7 +65,7 @@ def main(argv):
   jaxvae.run.quiet_library_logs()
   try:
     jaxvae.train_and_evaluate(config_from_flags().validate(), _WORKDIR.value, overwrite=_OVERWRITE.value)
-  except (config_lib.ConfigError, jaxvae.DataError, jaxvae.CheckpointError, jaxvae.NonFiniteError) as e:
+  except (config_lib.ConfigError, jaxvae.DataError, jaxvae.CheckpointError, jaxvae.NonFiniteError, OSError) as e:
     sys.exit(f"error: {e}")
   except jaxvae.Interrupted as e:
     print(e, file=sys.stderr)

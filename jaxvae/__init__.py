@@ -6,6 +6,7 @@ Everything an experiment uses is importable from here; see README.md for a tour.
 from jaxvae import data
 from jaxvae import models
 from jaxvae import run
+from jaxvae import train
 from jaxvae.checkpoints import CheckpointError, load_model
 from jaxvae.config import Config, ConfigError, build_model
 from jaxvae.data import BINARIZATIONS, DataError, Mnist, Split, load_mnist, test_targets, train_targets

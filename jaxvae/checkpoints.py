@@ -35,16 +35,25 @@ def manager(workdir, max_to_keep: int = 2) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(path, options=options, item_handlers=handlers)
 
 
-def save(mngr: ocp.CheckpointManager, state: train.TrainState, epoch: int) -> None:
-  """Saves `state` as checkpoint `epoch` and waits until it is on disk."""
+def save(mngr: ocp.CheckpointManager, state: train.TrainState, epoch: int, data_fingerprint: str | None = None) -> None:
+  """Saves `state` as checkpoint `epoch` and waits until it is on disk.
+
+  `data_fingerprint` (see `data.fingerprint`) records which training set the state
+  was trained on, so a resume on other data is refused.
+  """
   mngr.save(epoch, args=ocp.args.Composite(
       state=ocp.args.StandardSave(flax.serialization.to_state_dict(state)),
-      meta=ocp.args.JsonSave({"epoch": epoch})), force=True)
+      meta=ocp.args.JsonSave({"epoch": epoch, "data_fingerprint": data_fingerprint})), force=True)
   mngr.wait_until_finished()
 
 
-def restore(mngr: ocp.CheckpointManager, target: train.TrainState, epoch: int | None = None):
+def restore(mngr: ocp.CheckpointManager, target: train.TrainState, epoch: int | None = None,
+            data_fingerprint: str | None = None):
   """Restores checkpoint `epoch` (default: the newest) into the structure of `target`.
+
+  Refuses (`CheckpointError`) a checkpoint that is unreadable, whose arrays differ in
+  shape or dtype from `target`'s, or that was trained on data with another
+  fingerprint (when both are known).
 
   Returns:
     (state, epoch), or (None, 0) when there is no checkpoint.
@@ -58,15 +67,20 @@ def restore(mngr: ocp.CheckpointManager, target: train.TrainState, epoch: int | 
   # before any array is read.
   try:
     stored = dict(mngr.item_metadata(epoch)["state"])
-    shapes = lambda tree: {jax.tree_util.keystr(p): tuple(np.shape(x))
+    shapes = lambda tree: {jax.tree_util.keystr(p): (tuple(np.shape(x)), np.dtype(x.dtype).name)
                            for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
     want, got = shapes(target_dict), shapes(jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), stored))
+    meta = mngr.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
   except Exception as e:  # orbax raises many types for damaged files
     raise CheckpointError(f"{where} is unreadable: {str(e).splitlines()[0][:200]}") from None
   if want != got:
     diff = sorted(k for k in want.keys() | got.keys() if want.get(k) != got.get(k))
     raise CheckpointError(f"{where} does not fit this model: {diff[0]} is {got.get(diff[0])} there, "
                           f"{want.get(diff[0])} here ({len(diff)} arrays differ)")
+  trained_on = meta.get("data_fingerprint")
+  if data_fingerprint and trained_on and trained_on != data_fingerprint:
+    raise CheckpointError(f"{where} was trained on other data (fingerprint {trained_on}, now {data_fingerprint}); "
+                          "resume with the data source it was trained on")
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target_dict)
   try:
     restored = mngr.restore(epoch, args=ocp.args.Composite(
@@ -78,7 +92,7 @@ def restore(mngr: ocp.CheckpointManager, target: train.TrainState, epoch: int | 
 
 
 def load_model(workdir, epoch: int | None = None):
-  """Loads a trained VAE from a workdir written by `train.train_and_evaluate`.
+  """Loads a trained VAE from a workdir written by `run.train_and_evaluate`.
 
   Returns:
     (model, params, config): `model.apply(params, x, method=model.encode)` gives

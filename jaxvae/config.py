@@ -6,6 +6,7 @@ import pathlib
 
 from jaxvae import data as data_lib
 from jaxvae import models
+from jaxvae import train
 
 
 class ConfigError(ValueError):
@@ -49,11 +50,15 @@ class Config:
       raise ConfigError(f"num_layers must be >= 0, got {self.num_layers}")
     if not self.learning_rate > 0:
       raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
+    if self.seed < 0:
+      raise ConfigError(f"seed must be >= 0, got {self.seed}")
+    if self.data_source == "npz" and not self.data_path:
+      raise ConfigError("data_source npz needs data_path, the .npz file to read")
     if self.eval_iwae_samples < 0:
       raise ConfigError(f"eval_iwae_samples must be >= 0, got {self.eval_iwae_samples}")
     choices = {"activation": models.ACTIVATIONS, "weight_init": models.WEIGHT_INITS, "binarization": data_lib.BINARIZATIONS,
                "data_source": data_lib.SOURCES,
-               "nonfinite_policy": ("stop", "skip")}
+               "nonfinite_policy": train.NONFINITE_POLICIES}
     for name, allowed in choices.items():
       if getattr(self, name) not in allowed:
         raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
@@ -70,12 +75,16 @@ class Config:
     except (OSError, json.JSONDecodeError) as e:
       raise ConfigError(f"{path}: unreadable config ({e})") from None
     fields = {f.name for f in dataclasses.fields(cls)}
-    if not isinstance(values, dict) or set(values) - fields:
+    if not isinstance(values, dict):
+      raise ConfigError(f"{path}: not a jaxvae config (not a JSON object)")
+    if set(values) - fields:
       raise ConfigError(f"{path}: not a jaxvae config (unknown keys {sorted(set(values) - fields)})")
     return cls(**values)
 
 
-# Fields that may change when a run is resumed: they do not alter the trained weights.
+# Fields that may change when a run is resumed: evaluation and bookkeeping, and where the
+# data is read from (checkpoints carry a fingerprint of the training set, so a resume on
+# other data is refused all the same).
 RESUMABLE_FIELDS = ("num_epochs", "eval_iwae_samples", "iwae_chunk_size", "eval_batch_size", "checkpoint_every",
                     "data_dir", "data_path", "data_source", "tfds_download", "nonfinite_policy")
 

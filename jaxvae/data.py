@@ -64,7 +64,7 @@ class Split(NamedTuple):
 class Mnist(NamedTuple):
   train: Split  # the standard 60,000 training images
   test: Split  # the standard 10,000 test images
-  source: str  # where they came from, for logs and config.json
+  source: str  # where they came from, for the log
 
 
 def validate_split(images, labels, name: str) -> Split:
@@ -83,26 +83,40 @@ def validate_split(images, labels, name: str) -> Split:
     raise DataError(f"{name}: {labels.shape} labels for {images.shape[0]} images")
   if images.shape[0] == 0:
     raise DataError(f"{name}: no images")
-  if images.dtype != np.uint8:
-    if not np.issubdtype(images.dtype, np.floating):
-      if images.min() < 0 or images.max() > 255:
-        raise DataError(f"{name}: integer pixels outside 0..255 (min {images.min()}, max {images.max()})")
-      images = images.astype(np.uint8)
+  if images.dtype == np.bool_:
+    images = images.astype(np.uint8) * np.uint8(255)
+  elif np.issubdtype(images.dtype, np.integer):
+    if images.min() < 0 or images.max() > 255:
+      raise DataError(f"{name}: integer pixels outside 0..255 (min {images.min()}, max {images.max()})")
+    if images.max() <= 1:
+      logging.warning("%s: integer pixels are all 0 or 1; reading them as binary images (0 and 255)", name)
+      images = images * 255
+    images = images.astype(np.uint8)
+  elif np.issubdtype(images.dtype, np.floating):
+    if not np.all(np.isfinite(images)):
+      raise DataError(f"{name}: images contain NaN or Inf")
+    if images.min() < 0 or images.max() > 1:
+      raise DataError(f"{name}: float pixels outside [0, 1] (min {images.min():g}, max {images.max():g})")
+    for scale in (256, 255):  # the offline pickle stores level / 256
+      levels = np.round(images * np.float32(scale))
+      if np.max(np.abs(levels - images * np.float32(scale))) < 1e-3 and levels.max() <= 255:
+        images = levels.astype(np.uint8)
+        break
     else:
-      if not np.all(np.isfinite(images)):
-        raise DataError(f"{name}: images contain NaN or Inf")
-      if images.min() < 0 or images.max() > 1:
-        raise DataError(f"{name}: float pixels outside [0, 1] (min {images.min():g}, max {images.max():g})")
-      for scale in (256, 255):  # the offline pickle stores level / 256
-        levels = np.round(images.astype(np.float64) * scale)
-        if np.max(np.abs(levels - images * scale)) < 1e-3 and levels.max() <= 255:
-          images = levels.astype(np.uint8)
-          break
-      else:
-        images = np.round(images * 255).astype(np.uint8)
+      logging.warning("%s: float pixels are not multiples of 1/255 or 1/256; rounding to the nearest level", name)
+      images = np.round(images * np.float32(255)).astype(np.uint8)
+  else:
+    raise DataError(f"{name}: images of dtype {images.dtype}; expected uint8, integers, floats in [0, 1] or bool")
   if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() >= NUM_CLASSES:
     raise DataError(f"{name}: labels must be integers in 0..9")
   return Split(np.ascontiguousarray(images), labels.astype(np.int32))
+
+
+def fingerprint(split: Split) -> str:
+  """A short sha256 of a split's images and labels: which data a checkpoint was trained on."""
+  digest = hashlib.sha256(np.ascontiguousarray(split.images).tobytes())
+  digest.update(np.asarray(split.labels, np.int32).tobytes())
+  return digest.hexdigest()[:16]
 
 
 def offline_path() -> pathlib.Path:
@@ -192,6 +206,8 @@ def load_mnist(source: str = "auto", data_dir=None, tfds_download: bool = False,
   else:
     try:
       data = load_tfds(data_dir, download=False)
+    except DataError:
+      raise  # TFDS served data, and it is invalid
     except Exception as e:  # not prepared, or tensorflow_datasets unusable
       logging.info("TFDS mnist not prepared (%s); using the offline copy", str(e).splitlines()[0][:120])
       try:

@@ -14,11 +14,13 @@ that changes the trained model is refused unless `overwrite=True`.
 import dataclasses
 import functools
 import json
+import os
 import pathlib
 import shutil
 import signal
 import threading
 import time
+from typing import Any
 
 from absl import logging
 import jax
@@ -58,9 +60,14 @@ class StopSignals:
         self._previous[signum] = signal.signal(signum, self._handle)
     return self
 
+  raise_now = False  # set for phases without a safe point to stop at (the final evaluation)
+
   def _handle(self, signum, frame):
     del frame
     self.signum = signum
+    if self.raise_now:
+      raise Interrupted(f"{signal.Signals(signum).name} received during the final evaluation; the trained model "
+                        "is checkpointed: run the same command to evaluate it", signum)
 
   def __exit__(self, *exc):
     for signum, handler in self._previous.items():
@@ -75,17 +82,33 @@ def quiet_library_logs() -> None:
   """Drops INFO records of libraries (orbax logs every checkpoint step) from absl's handler."""
   import logging as std_logging  # pylint: disable=g-import-not-at-top
 
+  own = (str(pathlib.Path(__file__).parent), "experiments")
+
   def keep(record):
-    return record.levelno >= std_logging.WARNING or "jaxvae" in record.pathname or "experiments" in record.pathname
+    return record.levelno >= std_logging.WARNING or any(part in record.pathname for part in own)
 
   logging.get_absl_handler().addFilter(keep)
 
 
 def read_metrics(path) -> list[dict]:
+  """The records of a metrics.jsonl; a line cut off by a kill is dropped with a warning."""
   path = pathlib.Path(path)
   if not path.is_file():
     return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  records = []
+  for number, line in enumerate(path.read_text().splitlines(), 1):
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError:
+      logging.warning("%s:%d is not a complete record; dropped", path, number)
+  return records
+
+
+def write_metrics(path, records: list[dict]) -> None:
+  """Replaces metrics.jsonl atomically (temporary file, then rename)."""
+  tmp = pathlib.Path(f"{path}.tmp")
+  tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+  os.replace(tmp, path)
 
 
 def append_metrics(path, record: dict) -> None:
@@ -93,17 +116,14 @@ def append_metrics(path, record: dict) -> None:
     f.write(json.dumps(record) + "\n")
 
 
-def prepare_workdir(config: config_lib.Config, workdir: pathlib.Path, overwrite: bool) -> None:
-  """Refuses a workdir holding something else; with `overwrite`, removes the old run's artifacts."""
+def check_workdir(config: config_lib.Config, workdir: pathlib.Path, overwrite: bool) -> None:
+  """Refuses a workdir that holds something else. Changes nothing."""
+  if workdir.exists() and not workdir.is_dir():
+    raise config_lib.ConfigError(f"workdir {workdir} exists and is not a directory")
   config_path = workdir / "config.json"
   if overwrite:
-    for name in ARTIFACTS:
-      target = workdir / name
-      if target.is_dir():
-        shutil.rmtree(target)
-      elif target.exists():
-        target.unlink()
-  elif config_path.exists():
+    return
+  if config_path.exists():
     saved = config_lib.Config.from_json_file(config_path)
     changed = [f"{f.name}: {getattr(saved, f.name)!r} -> {getattr(config, f.name)!r}"
                for f in dataclasses.fields(config)
@@ -114,7 +134,16 @@ def prepare_workdir(config: config_lib.Config, workdir: pathlib.Path, overwrite:
           "use another --workdir, or --overwrite to replace that run")
   elif workdir.exists() and any(workdir.iterdir()):
     raise config_lib.ConfigError(f"{workdir} is not empty and holds no jaxvae run; use another --workdir")
-  workdir.mkdir(parents=True, exist_ok=True)
+
+
+def remove_artifacts(workdir: pathlib.Path) -> None:
+  """Deletes what a previous run wrote into `workdir` (for --overwrite); leaves other files."""
+  for name in ARTIFACTS:
+    target = workdir / name
+    if target.is_dir():
+      shutil.rmtree(target)
+    elif target.exists():
+      target.unlink()
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -134,113 +163,144 @@ def write_grids(model, params, z_NxL, test_x_NxD, directory: pathlib.Path, prefi
   plots.save_image_grid(directory / f"{prefix}reconstructions.png", pairs.reshape(-1, originals.shape[-1]), num_cols=8)
 
 
-def train_one_epoch(config, workdir, model, state, epoch_fn, epoch, keys, train_images, test_x, grid_z, mngr,
-                    images_per_epoch, wall_start, metrics_path):
-  """Runs epoch `epoch`, logs and records it, writes its grids and (when due) a checkpoint."""
-  start = time.perf_counter()
-  state, train_metrics = epoch_fn(state, train_images, jax.random.fold_in(keys.data, epoch), keys.train)
-  train_metrics = jax.device_get(train_metrics)
-  seconds = time.perf_counter() - start
-  if train_metrics["nonfinite_steps"]:
-    step = int(train_metrics["first_nonfinite_step"])
-    if config.nonfinite_policy == "stop":
-      last = mngr.latest_step()
-      kept = f"the last good checkpoint is epoch {last}" if last is not None else "no checkpoint was written yet"
-      raise NonFiniteError(
-          f"non-finite loss or gradient in epoch {epoch} at step {step}: training stopped; {kept}; "
-          "lower --learning_rate, or pass --nonfinite_policy=skip to skip such updates")
-    logging.warning("epoch %d: skipped %d non-finite updates (the first at step %d)", epoch,
-                    int(train_metrics["nonfinite_steps"]), step)
-  test = jax.tree.map(lambda a: float(jnp.mean(a)), evaluate.elbo_terms(model, state.params, keys.eval, test_x))
-  record = {
-      "epoch": epoch, "step": int(state.step),
-      "train_neg_elbo": float(train_metrics["neg_elbo"]), "train_kl": float(train_metrics["kl"]),
-      "train_reconstruction": float(train_metrics["reconstruction"]),
-      "test_neg_elbo": -test.elbo, "test_kl": test.kl, "test_reconstruction": test.reconstruction,
-      "images_per_sec": images_per_epoch / seconds, "epoch_seconds": seconds,
-      "wall_seconds": time.perf_counter() - wall_start, "nonfinite_steps": int(train_metrics["nonfinite_steps"]),
-  }
-  append_metrics(metrics_path, record)
-  print(f"epoch {epoch:4d}/{config.num_epochs}  train -ELBO {record['train_neg_elbo']:8.2f}  "
-        f"test -ELBO {record['test_neg_elbo']:8.2f}  KL {record['test_kl']:6.2f}  "
-        f"{record['images_per_sec']:8,.0f} images/s", flush=True)
-  write_grids(model, state.params, grid_z, test_x, workdir / "images", f"epoch_{epoch:03d}_")
-  if epoch % config.checkpoint_every == 0 or epoch == config.num_epochs:
-    checkpoints.save(mngr, state, epoch)
-  return state
+def test_elbo(model, params, key, test_x) -> dict:
+  """Test-set means of -ELBO, KL and reconstruction term, nats per image."""
+  terms = jax.tree.map(lambda a: float(jnp.mean(a)), evaluate.elbo_terms(model, params, key, test_x))
+  return {"test_neg_elbo": -terms.elbo, "test_kl": terms.kl, "test_reconstruction": terms.reconstruction}
+
+
+@dataclasses.dataclass
+class _Run:
+  """What stays fixed while a run trains: settings, data on device, compiled epoch, checkpoints."""
+
+  config: config_lib.Config
+  workdir: pathlib.Path
+  model: Any
+  keys: train.KeyStreams
+  train_images: jax.Array
+  test_x: jax.Array
+  grid_z: jax.Array
+  epoch_fn: Any
+  mngr: Any
+  data_fingerprint: str
+  metrics_path: pathlib.Path
+  wall_start: float
+
+  def train_epoch(self, state: train.TrainState, epoch: int) -> train.TrainState:
+    """Runs epoch `epoch`, logs and records it, writes its grids and (when due) a checkpoint."""
+    config = self.config
+    start = time.perf_counter()
+    state, metrics = self.epoch_fn(state, self.train_images, jax.random.fold_in(self.keys.data, epoch), self.keys.train)
+    metrics = jax.device_get(metrics)
+    seconds = time.perf_counter() - start
+    if metrics["nonfinite_steps"]:
+      step = int(metrics["first_nonfinite_step"])
+      if config.nonfinite_policy == "stop":
+        last = self.mngr.latest_step()
+        kept = f"the last good checkpoint is epoch {last}" if last is not None else "no checkpoint was written yet"
+        raise NonFiniteError(
+            f"non-finite loss or gradient in epoch {epoch} at step {step}: training stopped; {kept}; "
+            "lower --learning_rate, or pass --nonfinite_policy=skip to skip such updates")
+      logging.warning("epoch %d: skipped %d non-finite updates (the first at step %d)", epoch,
+                      int(metrics["nonfinite_steps"]), step)
+    record = {
+        "epoch": epoch, "step": int(state.step), "train_neg_elbo": float(metrics["neg_elbo"]),
+        "train_kl": float(metrics["kl"]), "train_reconstruction": float(metrics["reconstruction"]),
+        **test_elbo(self.model, state.params, self.keys.eval, self.test_x),
+        "images_per_sec": int(metrics["num_images"]) / seconds, "epoch_seconds": seconds,
+        "wall_seconds": time.perf_counter() - self.wall_start, "nonfinite_steps": int(metrics["nonfinite_steps"]),
+    }
+    append_metrics(self.metrics_path, record)
+    print(f"epoch {epoch:4d}/{config.num_epochs}  train -ELBO {record['train_neg_elbo']:8.2f}  "
+          f"test -ELBO {record['test_neg_elbo']:8.2f}  KL {record['test_kl']:6.2f}  "
+          f"{record['images_per_sec']:8,.0f} images/s", flush=True)
+    write_grids(self.model, state.params, self.grid_z, self.test_x, self.workdir / "images", f"epoch_{epoch:03d}_")
+    if epoch % config.checkpoint_every == 0 or epoch == config.num_epochs:
+      self.save(state, epoch)
+    return state
+
+  def save(self, state: train.TrainState, epoch: int) -> None:
+    if self.mngr.latest_step() != epoch:
+      checkpoints.save(self.mngr, state, epoch, data_fingerprint=self.data_fingerprint)
+
+  def final_evaluation(self, state: train.TrainState) -> dict:
+    config = self.config
+    final = {"final": True, "epoch": config.num_epochs, "step": int(state.step),
+             **test_elbo(self.model, state.params, self.keys.eval, self.test_x)}
+    if config.eval_iwae_samples:
+      start = time.perf_counter()
+      bounds = evaluate.iwae_bounds(self.model, state.params, self.keys.eval, self.test_x, config.eval_iwae_samples,
+                                    config.eval_batch_size, config.iwae_chunk_size)
+      final.update(iwae_nll=float(-bounds.mean()), iwae_nll_stderr=float(bounds.std(ddof=1) / np.sqrt(len(bounds))),
+                   iwae_samples=config.eval_iwae_samples, iwae_seconds=time.perf_counter() - start)
+    append_metrics(self.metrics_path, final)
+    write_grids(self.model, state.params, self.grid_z, self.test_x, self.workdir)
+    summary = f"test -ELBO {final['test_neg_elbo']:.2f} nats"
+    if "iwae_nll" in final:
+      summary += (f", IWAE NLL (k={config.eval_iwae_samples}) {final['iwae_nll']:.2f} "
+                  f"± {final['iwae_nll_stderr']:.2f}")
+    print(f"final: {summary}; artifacts in {self.workdir}", flush=True)
+    return final
 
 
 def train_and_evaluate(config: config_lib.Config, workdir, overwrite: bool = False) -> dict:
-  """Trains and evaluates `config` in `workdir` (see the module docstring). Returns the final record."""
+  """Trains and evaluates `config` in `workdir` (see the module docstring). Returns the final record.
+
+  Every check (settings, workdir, data, checkpoint) runs before anything in `workdir` changes.
+  """
   config.validate()
   workdir = pathlib.Path(workdir)
-  prepare_workdir(config, workdir, overwrite)
+  check_workdir(config, workdir, overwrite)
   mnist = data_lib.load_mnist(config.data_source, config.data_dir, config.tfds_download, config.data_path)
   num_train = len(mnist.train.labels)
   if config.batch_size > num_train:
     raise config_lib.ConfigError(f"batch_size {config.batch_size} exceeds the {num_train} training images")
+  if overwrite:
+    remove_artifacts(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
 
   model = config_lib.build_model(config)
   optimizer = train.make_optimizer(config)
   keys = train.KeyStreams.from_seed(config.seed)
   state = train.create_train_state(model, optimizer, keys.init)
+  fingerprint = data_lib.fingerprint(mnist.train)
   with checkpoints.manager(workdir) as mngr:  # closed on every exit, errors included
-    return _train_and_evaluate(config, workdir, mnist, model, optimizer, keys, state, mngr)
+    restored, start_epoch = checkpoints.restore(mngr, state, data_fingerprint=fingerprint)
+    if start_epoch > config.num_epochs:
+      raise config_lib.ConfigError(
+          f"{workdir} holds a checkpoint of epoch {start_epoch}, past --num_epochs={config.num_epochs}")
+    # Only now, with the checkpoint (if any) known to fit, does anything in workdir change.
+    (workdir / "config.json").write_text(config.to_json() + "\n")
+    metrics_path = workdir / "metrics.jsonl"
+    records = read_metrics(metrics_path)
+    if (records and records[-1].get("final") and records[-1]["epoch"] == start_epoch == config.num_epochs
+        and records[-1].get("iwae_samples", 0) == config.eval_iwae_samples):
+      print(f"{workdir} is complete: {json.dumps(records[-1])}", flush=True)
+      return records[-1]
+    records = [r for r in records if not r.get("final") and r["epoch"] <= start_epoch]
+    write_metrics(metrics_path, records)
+    if restored is not None:
+      state = restored
+      logging.info("resumed from checkpoint of epoch %d (step %d)", start_epoch, int(state.step))
 
-
-def _train_and_evaluate(config, workdir, mnist, model, optimizer, keys, state, mngr) -> dict:
-  num_train = len(mnist.train.labels)
-  restored, start_epoch = checkpoints.restore(mngr, state)
-  # Only now, with the checkpoint (if any) known to be good, does anything in workdir change.
-  (workdir / "config.json").write_text(config.to_json() + "\n")
-  metrics_path = workdir / "metrics.jsonl"
-  records = read_metrics(metrics_path)
-  if (records and records[-1].get("final") and records[-1]["epoch"] == start_epoch == config.num_epochs
-      and records[-1].get("iwae_samples", 0) == config.eval_iwae_samples):
-    print(f"{workdir} is complete: {json.dumps(records[-1])}", flush=True)
-    return records[-1]
-  records = [r for r in records if not r.get("final") and r["epoch"] <= start_epoch]
-  metrics_path.write_text("".join(json.dumps(r) + "\n" for r in records))
-  if restored is not None:
-    state = restored
-    logging.info("resumed from checkpoint of epoch %d (step %d)", start_epoch, int(state.step))
-
-  train_images = jax.device_put(data_lib.prepare_train_images(mnist.train.images, config.binarization))
-  test_x = jax.device_put(data_lib.test_targets(mnist.test.images, config.binarization))
-  grid_z = jax.random.normal(keys.sample, (NUM_GRID, config.latent_dim))
-  epoch_fn = train.make_train_epoch(model, optimizer, config.batch_size, config.binarization,
-                                    config.nonfinite_policy)
-  start = time.perf_counter()
-  epoch_fn = epoch_fn.lower(state, train_images, keys.data, keys.train).compile()
-  logging.info("compiled the training epoch in %.1f s", time.perf_counter() - start)
-  images_per_epoch = (num_train // config.batch_size) * config.batch_size
-  wall_start = time.perf_counter() - (records[-1]["wall_seconds"] if records else 0.0)
-
-  with StopSignals() as signals:
-    for epoch in range(start_epoch + 1, config.num_epochs + 1):
-      state = train_one_epoch(
-          config, workdir, model, state, epoch_fn, epoch, keys, train_images, test_x, grid_z, mngr,
-          images_per_epoch, wall_start, metrics_path)
-      if signals.signum is not None and epoch < config.num_epochs:
-        if mngr.latest_step() != epoch:
-          checkpoints.save(mngr, state, epoch)
-        name = signal.Signals(signals.signum).name
-        raise Interrupted(f"{name} received: stopped after epoch {epoch} with a checkpoint in "
-                          f"{workdir / 'checkpoints'}; run the same command to resume", signals.signum)
-
-  test = jax.tree.map(lambda a: float(jnp.mean(a)), evaluate.elbo_terms(model, state.params, keys.eval, test_x))
-  final = {"final": True, "epoch": config.num_epochs, "step": int(state.step), "test_neg_elbo": -test.elbo,
-           "test_kl": test.kl, "test_reconstruction": test.reconstruction}
-  if config.eval_iwae_samples:
+    train_images = jax.device_put(data_lib.prepare_train_images(mnist.train.images, config.binarization))
+    epoch_fn = train.make_train_epoch(model, optimizer, config.batch_size, config.binarization,
+                                      config.nonfinite_policy)
     start = time.perf_counter()
-    bounds = evaluate.iwae_bounds(model, state.params, keys.eval, test_x, config.eval_iwae_samples,
-                                  config.eval_batch_size, config.iwae_chunk_size)
-    final.update(iwae_nll=float(-bounds.mean()), iwae_nll_stderr=float(bounds.std() / np.sqrt(len(bounds))),
-                 iwae_samples=config.eval_iwae_samples, iwae_seconds=time.perf_counter() - start)
-  append_metrics(metrics_path, final)
-  write_grids(model, state.params, grid_z, test_x, workdir)
-  summary = f"test -ELBO {final['test_neg_elbo']:.2f} nats"
-  if "iwae_nll" in final:
-    summary += f", IWAE NLL (k={config.eval_iwae_samples}) {final['iwae_nll']:.2f} ± {final['iwae_nll_stderr']:.2f}"
-  print(f"final: {summary}; artifacts in {workdir}", flush=True)
-  return final
+    epoch_fn = epoch_fn.lower(state, train_images, keys.data, keys.train).compile()
+    logging.info("compiled the training epoch in %.1f s", time.perf_counter() - start)
+    run = _Run(config=config, workdir=workdir, model=model, keys=keys, train_images=train_images,
+               test_x=jax.device_put(data_lib.test_targets(mnist.test.images, config.binarization)),
+               grid_z=jax.random.normal(keys.sample, (NUM_GRID, config.latent_dim)), epoch_fn=epoch_fn,
+               mngr=mngr, data_fingerprint=fingerprint, metrics_path=metrics_path,
+               wall_start=time.perf_counter() - (records[-1]["wall_seconds"] if records else 0.0))
+
+    with StopSignals() as signals:
+      for epoch in range(start_epoch + 1, config.num_epochs + 1):
+        state = run.train_epoch(state, epoch)
+        if signals.signum is not None:
+          run.save(state, epoch)
+          raise Interrupted(f"{signal.Signals(signals.signum).name} received: stopped after epoch {epoch} with a "
+                            f"checkpoint in {workdir / 'checkpoints'}; run the same command to resume", signals.signum)
+      signals.raise_now = True
+      return run.final_evaluation(state)

@@ -117,9 +117,9 @@ def make_train_epoch(
 
   The whole epoch is one compiled call: `lax.scan` over the batches of a
   permutation (drawn from `epoch_key`) of the device-resident uint8 images.
-  `metrics` are means over the epoch's finite steps, plus `nonfinite_steps` (their
-  count) and `first_nonfinite_step` (global step index, -1 if none). The input
-  state is donated.
+  `metrics` are means over the epoch's finite steps (NaN if none), plus
+  `num_images` (trained on), `nonfinite_steps` (count) and `first_nonfinite_step`
+  (global step index, -1 if none). The input state is donated.
   """
   step = make_train_step(model, optimizer, binarization, nonfinite_policy)
 
@@ -134,8 +134,10 @@ def make_train_epoch(
     first_step = state.step
     state, metrics = jax.lax.scan(body, state, (batch_indices, bin_keys))
     finite = metrics.pop("finite")
-    num_finite = jnp.maximum(jnp.sum(finite), 1)
-    summary = {k: jnp.sum(jnp.where(finite, v, 0.0)) / num_finite for k, v in metrics.items()}
+    num_finite = jnp.sum(finite)  # an epoch without a finite step reports NaN means
+    summary = {k: jnp.sum(jnp.where(finite, v, 0.0)) / jnp.where(num_finite > 0, num_finite, jnp.nan)
+               for k, v in metrics.items()}
+    summary["num_images"] = jnp.int32(batch_indices.size)
     summary["nonfinite_steps"] = jnp.sum(~finite)
     summary["first_nonfinite_step"] = jnp.where(jnp.all(finite), -1, first_step + jnp.argmin(finite))
     return state, summary

@@ -71,3 +71,16 @@ def test_test_targets_are_fixed():
   np.testing.assert_array_equal(a, b)
   assert set(np.unique(a)) == {0.0, 1.0}
   np.testing.assert_allclose(data.test_targets(images, "none"), 100 / 255)
+
+
+def test_binary_images_are_read_as_black_and_white():
+  labels = np.zeros(2, int)
+  as_bool = data.validate_split(np.eye(2, 784, dtype=bool), labels, "x").images
+  as_int = data.validate_split(np.eye(2, 784, dtype=np.int64), labels, "x").images
+  np.testing.assert_array_equal(as_bool, as_int)
+  assert set(np.unique(as_bool)) == {0, 255}
+
+
+def test_object_images_are_refused():
+  with pytest.raises(jaxvae.DataError, match="dtype object"):
+    data.validate_split(np.full((2, 784), None, object), np.zeros(2, int), "x")

@@ -195,3 +195,79 @@ def test_pixels_out_of_range_are_refused(tmp_path):
   np.savez(path, x_train=x, y_train=np.zeros(8, int), x_test=x, y_test=np.zeros(8, int))
   proc = run_cli("--data_source=npz", f"--data_path={path}", f"--workdir={tmp_path}/run", check=False)
   assert proc.returncode != 0 and "outside [0, 1]" in proc.stderr.splitlines()[-1]
+
+
+def test_fewer_epochs_than_the_checkpoint_is_refused(tiny_npz, tmp_path):
+  workdir = tmp_path / "run"
+  run_cli(*args(tiny_npz, workdir, "--num_epochs=2"))
+  before = snapshot(workdir)
+  proc = run_cli(*args(tiny_npz, workdir, "--num_epochs=1"), check=False)
+  assert proc.returncode != 0 and "checkpoint of epoch 2, past --num_epochs=1" in proc.stderr.splitlines()[-1]
+  assert snapshot(workdir) == before
+
+
+def test_overwrite_with_bad_input_deletes_nothing(tiny_npz, tmp_path):
+  workdir = tmp_path / "run"
+  run_cli(*args(tiny_npz, workdir, "--num_epochs=1"))
+  before = snapshot(workdir)
+  for bad in (f"--data_path={tmp_path}/missing.npz", "--batch_size=100000"):
+    proc = run_cli(*args(tiny_npz, workdir, "--num_epochs=1", "--overwrite"), bad, check=False)
+    assert proc.returncode != 0 and proc.stderr.splitlines()[-1].startswith("error: ")
+    assert snapshot(workdir) == before
+
+
+def test_workdir_that_is_a_file_is_one_clear_error(tiny_npz, tmp_path):
+  path = tmp_path / "a_file"
+  path.write_text("mine")
+  for extra in ((), ("--overwrite",)):
+    proc = run_cli(*args(tiny_npz, path, "--num_epochs=1"), *extra, check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "exists and is not a directory" in proc.stderr.splitlines()[-1]
+  assert path.read_text() == "mine"
+
+
+def test_signal_after_the_last_epoch_stops_cleanly_and_resume_evaluates(tiny_npz, tmp_path):
+  workdir = tmp_path / "run"
+  cli = args(tiny_npz, workdir, "--num_epochs=3", "--eval_iwae_samples=20000")
+  proc = start_and_signal(cli, workdir, signal.SIGTERM, after_epochs=3)
+  assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-2000:]
+  assert "run the same command" in proc.stderr.splitlines()[-1] and "Traceback" not in proc.stderr
+  assert [r["epoch"] for r in records(workdir)] == [1, 2, 3]
+  resumed = run_cli(*cli)
+  assert "final: test -ELBO" in resumed.stdout and "epoch    " not in resumed.stdout
+  assert records(workdir)[-1]["final"]
+
+
+def test_resume_on_other_data_is_refused(tiny_npz, tmp_path):
+  workdir = tmp_path / "run"
+  run_cli(*args(tiny_npz, workdir, "--num_epochs=1"))
+  other = tmp_path / "other.npz"
+  with np.load(tiny_npz) as f:
+    arrays = dict(f)
+  arrays["x_train"] = arrays["x_train"][::-1]
+  np.savez(other, **arrays)
+  before = snapshot(workdir)
+  proc = run_cli(*args(other, workdir, "--num_epochs=2"), check=False)
+  assert proc.returncode != 0 and "trained on other data" in proc.stderr.splitlines()[-1]
+  assert snapshot(workdir) == before
+
+
+def test_a_cut_off_metrics_line_is_dropped_on_resume(tiny_npz, tmp_path):
+  workdir = tmp_path / "run"
+  run_cli(*args(tiny_npz, workdir, "--num_epochs=1"))
+  with open(workdir / "metrics.jsonl", "a") as f:
+    f.write('{"epoch": 2, "step": 1')
+  proc = run_cli(*args(tiny_npz, workdir, "--num_epochs=2"))
+  assert "not a complete record; dropped" in proc.stderr
+  assert [r["epoch"] for r in records(workdir)] == [1, 2, 2]
+
+
+def test_an_epoch_of_skipped_steps_reports_nan_means():
+  model = jaxvae.VAE(latent_dim=2, hidden_dim=8)
+  optimizer = optax.adam(1e-3)
+  state = jaxvae.create_train_state(model, optimizer, jax.random.key(0))
+  state = state.replace(params=jax.tree.map(lambda p: p.at[(0,) * p.ndim].set(jnp.inf), state.params))
+  epoch = jaxvae.make_train_epoch(model, optimizer, 4, "dynamic", nonfinite_policy="skip")
+  _, metrics = epoch(state, jnp.full((8, 784), 100, jnp.uint8), jax.random.key(1), jax.random.key(2))
+  assert int(metrics["nonfinite_steps"]) == 2 and int(metrics["num_images"]) == 8
+  assert np.isnan(float(metrics["neg_elbo"]))

@@ -52,6 +52,7 @@ class StopSignals:
 
   def __init__(self):
     self.signum = None
+    self.raise_now = False  # set for phases without a safe point to stop at (the final evaluation)
     self._previous = {}
 
   def __enter__(self):
@@ -59,8 +60,6 @@ class StopSignals:
       for signum in (signal.SIGTERM, signal.SIGINT):
         self._previous[signum] = signal.signal(signum, self._handle)
     return self
-
-  raise_now = False  # set for phases without a safe point to stop at (the final evaluation)
 
   def _handle(self, signum, frame):
     del frame

@@ -38,6 +38,16 @@ def snapshot(workdir):
   return {p: p.read_bytes() for p in sorted(workdir.rglob("*")) if p.is_file()}
 
 
+def assert_refused(cli_args, message, workdir):
+  """The CLI exits non-zero with one `error:` line containing `message`, and `workdir` is unchanged."""
+  before = snapshot(workdir)
+  proc = run_cli(*cli_args, check=False)
+  assert proc.returncode != 0 and "Traceback" not in proc.stderr
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: ") and message in last, last
+  assert snapshot(workdir) == before
+
+
 def start_and_signal(cli_args, workdir, sig, after_epochs):
   """Starts the CLI, sends `sig` once `after_epochs` epochs are recorded; returns its outcome."""
   proc = subprocess.Popen([sys.executable, "-m", "experiments.mnist", *cli_args], cwd=ROOT,
@@ -115,11 +125,7 @@ def test_corrupted_checkpoint_is_one_clear_error_and_nothing_changes(tiny_npz, t
   for f in (workdir / "checkpoints" / "2" / "state").rglob("*"):
     if f.is_file():
       f.write_bytes(b"garbage")
-  before = snapshot(workdir)
-  proc = run_cli(*args(tiny_npz, workdir, "--num_epochs=3"), check=False)
-  assert proc.returncode != 0 and "Traceback" not in proc.stderr
-  assert proc.stderr.strip().splitlines()[-1].startswith("error: checkpoint")
-  assert snapshot(workdir) == before
+  assert_refused(args(tiny_npz, workdir, "--num_epochs=3"), "error: checkpoint", workdir)
 
 
 def test_foreign_checkpoint_is_refused(tiny_npz, tmp_path):
@@ -128,10 +134,7 @@ def test_foreign_checkpoint_is_refused(tiny_npz, tmp_path):
   run_cli(*args(tiny_npz, big, "--num_epochs=1", "--hidden_dim=48"))
   (big / "checkpoints" / "1").rename(big / "checkpoints" / "old")
   (small / "checkpoints" / "1").rename(big / "checkpoints" / "1")
-  before = snapshot(big)
-  proc = run_cli(*args(tiny_npz, big, "--num_epochs=2", "--hidden_dim=48"), check=False)
-  assert proc.returncode != 0 and "error: checkpoint" in proc.stderr and "Traceback" not in proc.stderr
-  assert snapshot(big) == before
+  assert_refused(args(tiny_npz, big, "--num_epochs=2", "--hidden_dim=48"), "error: checkpoint", big)
 
 
 def test_divergence_stops_with_epoch_and_step_named(tiny_npz, tmp_path):
@@ -165,11 +168,16 @@ def test_nonfinite_stop_keeps_the_last_good_checkpoint(tiny_npz, tmp_path, monke
   assert [r["epoch"] for r in records(tmp_path / "run")] == [1, 2]
 
 
-def test_skip_policy_leaves_state_unchanged_on_a_nonfinite_step():
+def diverged_state():
+  """A small model whose every parameter array holds one inf: every step is non-finite."""
   model = jaxvae.VAE(latent_dim=2, hidden_dim=8)
   optimizer = optax.adam(1e-3)
   state = jaxvae.create_train_state(model, optimizer, jax.random.key(0))
-  bad = state.replace(params=jax.tree.map(lambda p: p.at[(0,) * p.ndim].set(jnp.inf), state.params))
+  return model, optimizer, state.replace(params=jax.tree.map(lambda p: p.at[(0,) * p.ndim].set(jnp.inf), state.params))
+
+
+def test_skip_policy_leaves_state_unchanged_on_a_nonfinite_step():
+  model, optimizer, bad = diverged_state()
   images = jnp.full((4, 784), 100, jnp.uint8)
   for policy, unchanged in (("skip", True), ("stop", False)):
     step = jaxvae.make_train_step(model, optimizer, "dynamic", nonfinite_policy=policy)
@@ -200,20 +208,14 @@ def test_pixels_out_of_range_are_refused(tmp_path):
 def test_fewer_epochs_than_the_checkpoint_is_refused(tiny_npz, tmp_path):
   workdir = tmp_path / "run"
   run_cli(*args(tiny_npz, workdir, "--num_epochs=2"))
-  before = snapshot(workdir)
-  proc = run_cli(*args(tiny_npz, workdir, "--num_epochs=1"), check=False)
-  assert proc.returncode != 0 and "checkpoint of epoch 2, past --num_epochs=1" in proc.stderr.splitlines()[-1]
-  assert snapshot(workdir) == before
+  assert_refused(args(tiny_npz, workdir, "--num_epochs=1"), "checkpoint of epoch 2, past --num_epochs=1", workdir)
 
 
 def test_overwrite_with_bad_input_deletes_nothing(tiny_npz, tmp_path):
   workdir = tmp_path / "run"
   run_cli(*args(tiny_npz, workdir, "--num_epochs=1"))
-  before = snapshot(workdir)
-  for bad in (f"--data_path={tmp_path}/missing.npz", "--batch_size=100000"):
-    proc = run_cli(*args(tiny_npz, workdir, "--num_epochs=1", "--overwrite"), bad, check=False)
-    assert proc.returncode != 0 and proc.stderr.splitlines()[-1].startswith("error: ")
-    assert snapshot(workdir) == before
+  for bad, message in ((f"--data_path={tmp_path}/missing.npz", "no such file"), ("--batch_size=100000", "exceeds")):
+    assert_refused(args(tiny_npz, workdir, "--num_epochs=1", "--overwrite", bad), message, workdir)
 
 
 def test_workdir_that_is_a_file_is_one_clear_error(tiny_npz, tmp_path):
@@ -246,10 +248,7 @@ def test_resume_on_other_data_is_refused(tiny_npz, tmp_path):
     arrays = dict(f)
   arrays["x_train"] = arrays["x_train"][::-1]
   np.savez(other, **arrays)
-  before = snapshot(workdir)
-  proc = run_cli(*args(other, workdir, "--num_epochs=2"), check=False)
-  assert proc.returncode != 0 and "trained on other data" in proc.stderr.splitlines()[-1]
-  assert snapshot(workdir) == before
+  assert_refused(args(other, workdir, "--num_epochs=2"), "trained on other data", workdir)
 
 
 def test_a_cut_off_metrics_line_is_dropped_on_resume(tiny_npz, tmp_path):
@@ -263,10 +262,7 @@ def test_a_cut_off_metrics_line_is_dropped_on_resume(tiny_npz, tmp_path):
 
 
 def test_an_epoch_of_skipped_steps_reports_nan_means():
-  model = jaxvae.VAE(latent_dim=2, hidden_dim=8)
-  optimizer = optax.adam(1e-3)
-  state = jaxvae.create_train_state(model, optimizer, jax.random.key(0))
-  state = state.replace(params=jax.tree.map(lambda p: p.at[(0,) * p.ndim].set(jnp.inf), state.params))
+  model, optimizer, state = diverged_state()
   epoch = jaxvae.make_train_epoch(model, optimizer, 4, "dynamic", nonfinite_policy="skip")
   _, metrics = epoch(state, jnp.full((8, 784), 100, jnp.uint8), jax.random.key(1), jax.random.key(2))
   assert int(metrics["nonfinite_steps"]) == 2 and int(metrics["num_images"]) == 8

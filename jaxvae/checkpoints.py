@@ -83,12 +83,11 @@ def restore(mngr: ocp.CheckpointManager, target: train.TrainState, epoch: int | 
                           "resume with the data source it was trained on")
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target_dict)
   try:
-    restored = mngr.restore(epoch, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+    restored = mngr.restore(epoch, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
     state = flax.serialization.from_state_dict(target, restored.state)
   except Exception as e:  # orbax raises many types for damaged files
     raise CheckpointError(f"{where} cannot be restored: {str(e).splitlines()[0][:200]}") from None
-  return state, int(restored.meta["epoch"])
+  return state, int(meta["epoch"])
 
 
 def load_model(workdir, epoch: int | None = None):

@@ -6,12 +6,19 @@ writes config.json, metrics.jsonl, samples.png, reconstructions.png and orbax
 checkpoints into --workdir (see `jaxvae.run`). Re-running the same command
 resumes from the newest checkpoint. Reload the model with
 `jaxvae.load_model(workdir)`.
+
+  python -m experiments.mnist --num_replicas=8            # 8 seeds in one program
+  python -m experiments.mnist --coordinator_address=host0:1234 --num_processes=2 --process_id=0   # on host 0
+  python -m experiments.mnist --distributed               # under SLURM / on a TPU pod: auto-detected
+
+Each batch is split over all devices of all processes.
 """
 
 import sys
 
 from absl import app
 from absl import flags
+import jax
 
 import jaxvae
 from jaxvae import config as config_lib
@@ -27,6 +34,9 @@ _NUM_EPOCHS = flags.DEFINE_integer("num_epochs", _D.num_epochs, "Training epochs
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", _D.batch_size, "Training batch size.")
 _LEARNING_RATE = flags.DEFINE_float("learning_rate", _D.learning_rate, "Adam learning rate.")
 _SEED = flags.DEFINE_integer("seed", _D.seed, "Root seed: init, data order, binarization, noise.")
+_NUM_REPLICAS = flags.DEFINE_integer("num_replicas", _D.num_replicas,
+                                     "Train this many models (seeds seed, seed+1, ...) as one vmapped program; "
+                                     "each writes <workdir>/seed=<s>/.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/mnist", "Directory for config, metrics, images, checkpoints.")
 _OVERWRITE = flags.DEFINE_boolean("overwrite", False, "Replace a run with other settings in --workdir.")
 _BINARIZATION = flags.DEFINE_enum("binarization", _D.binarization, jaxvae.BINARIZATIONS,
@@ -46,13 +56,19 @@ _DATA_SOURCE = flags.DEFINE_enum("data_source", _D.data_source, jaxvae.data.SOUR
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory.")
 _DATA_PATH = flags.DEFINE_string("data_path", None, "File for --data_source=npz (or a pickle for offline).")
 _TFDS_DOWNLOAD = flags.DEFINE_boolean("tfds_download", False, "Let TFDS download MNIST (needs network).")
+_DISTRIBUTED = flags.DEFINE_boolean("distributed", False,
+                                    "Call jax.distributed.initialize (cluster settings auto-detected unless the "
+                                    "three flags below are given; giving them implies --distributed).")
+_COORDINATOR_ADDRESS = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.", lower_bound=1)
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0 to num_processes - 1.", lower_bound=0)
 
 
 def config_from_flags() -> config_lib.Config:
   return config_lib.Config(
       latent_dim=_LATENT_DIM.value, hidden_dim=_HIDDEN_DIM.value, num_layers=_NUM_LAYERS.value,
       activation=_ACTIVATION.value, weight_init=_WEIGHT_INIT.value, num_epochs=_NUM_EPOCHS.value, batch_size=_BATCH_SIZE.value,
-      learning_rate=_LEARNING_RATE.value, seed=_SEED.value, binarization=_BINARIZATION.value,
+      learning_rate=_LEARNING_RATE.value, seed=_SEED.value, num_replicas=_NUM_REPLICAS.value, binarization=_BINARIZATION.value,
       data_source=_DATA_SOURCE.value, data_dir=_DATA_DIR.value, data_path=_DATA_PATH.value,
       tfds_download=_TFDS_DOWNLOAD.value, eval_iwae_samples=_EVAL_IWAE_SAMPLES.value,
       iwae_chunk_size=_IWAE_CHUNK_SIZE.value, eval_batch_size=_EVAL_BATCH_SIZE.value,
@@ -63,6 +79,11 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   jaxvae.run.quiet_library_logs()
+  if _DISTRIBUTED.value or _COORDINATOR_ADDRESS.value or _NUM_PROCESSES.value or _PROCESS_ID.value is not None:
+    try:
+      jax.distributed.initialize(_COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    except (ValueError, RuntimeError) as e:
+      sys.exit(f"error: jax.distributed.initialize failed: {str(e).splitlines()[0]}")
   try:
     jaxvae.train_and_evaluate(config_from_flags().validate(), _WORKDIR.value, overwrite=_OVERWRITE.value)
   except (config_lib.ConfigError, jaxvae.DataError, jaxvae.CheckpointError, jaxvae.NonFiniteError, OSError) as e:

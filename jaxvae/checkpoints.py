@@ -93,6 +93,10 @@ def restore(mngr: ocp.CheckpointManager, target: train.TrainState, epoch: int | 
 def load_model(workdir, epoch: int | None = None):
   """Loads a trained VAE from a workdir written by `run.train_and_evaluate`.
 
+  `workdir` may also be the `seed=<s>/` directory of one replica of an ensemble;
+  the ensemble's own workdir gives params with a leading replica axis (replica r:
+  `jax.tree.map(lambda a: a[r], params)`).
+
   Returns:
     (model, params, config): `model.apply(params, x, method=model.encode)` gives
     (mean, logvar) and `model.apply(params, z, method=model.decode)` the logits;
@@ -103,9 +107,16 @@ def load_model(workdir, epoch: int | None = None):
   if not config_path.is_file():
     raise CheckpointError(f"{workdir}: no config.json; not a jaxvae workdir")
   config = config_lib.Config.from_json_file(config_path)
+  parent = workdir.absolute().parent
+  if not (workdir / "checkpoints").exists() and (parent / "config.json").is_file():
+    ensemble = config_lib.Config.from_json_file(parent / "config.json")
+    if config.seed in ensemble.seeds and ensemble.replica(ensemble.seeds.index(config.seed)) == config:
+      model, params, _ = load_model(parent, epoch)
+      return model, jax.tree.map(lambda a: a[ensemble.seeds.index(config.seed)], params), config
   model = config_lib.build_model(config)
   optimizer = train.make_optimizer(config)
-  target = jax.eval_shape(lambda: train.create_train_state(model, optimizer, jax.random.key(0)))
+  key = jax.random.split(jax.random.key(0), config.num_replicas) if config.num_replicas > 1 else jax.random.key(0)
+  target = jax.eval_shape(lambda k: train.create_train_state(model, optimizer, k), key)
   with manager(workdir) as mngr:
     if mngr.latest_step() is None:
       raise CheckpointError(f"{workdir}: no checkpoint")

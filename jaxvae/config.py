@@ -26,6 +26,7 @@ class Config:
   batch_size: int = 128
   learning_rate: float = 1e-3
   seed: int = 0
+  num_replicas: int = 1  # an ensemble of independent models with seeds seed, seed+1, ... in one program
   # Data.
   binarization: str = "dynamic"
   data_source: str = "auto"
@@ -41,8 +42,8 @@ class Config:
 
   def validate(self) -> "Config":
     """Raises `ConfigError` naming the first invalid field; returns self."""
-    positive = ("latent_dim", "hidden_dim", "num_epochs", "batch_size", "iwae_chunk_size", "eval_batch_size",
-                "checkpoint_every")
+    positive = ("latent_dim", "hidden_dim", "num_epochs", "batch_size", "num_replicas", "iwae_chunk_size",
+                "eval_batch_size", "checkpoint_every")
     for name in positive:
       if getattr(self, name) <= 0:
         raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
@@ -80,6 +81,15 @@ class Config:
     if set(values) - fields:
       raise ConfigError(f"{path}: not a jaxvae config (unknown keys {sorted(set(values) - fields)})")
     return cls(**values)
+
+  @property
+  def seeds(self) -> tuple[int, ...]:
+    """The seed of every replica: (seed,) for a single run."""
+    return tuple(range(self.seed, self.seed + self.num_replicas))
+
+  def replica(self, index: int) -> "Config":
+    """The single-run config that replica `index` of an ensemble trains (up to float rounding)."""
+    return dataclasses.replace(self, seed=self.seeds[index], num_replicas=1)
 
 
 # Fields that may change when a run is resumed: evaluation and bookkeeping, and where the

@@ -9,6 +9,14 @@
   checkpoints/<epoch>/ orbax checkpoints (newest two kept)
 Re-running with the same config resumes from the newest checkpoint; a config
 that changes the trained model is refused unless `overwrite=True`.
+
+An ensemble (`num_replicas` R > 1) trains R models with seeds seed, ..., seed+R-1
+in one compiled program. `workdir` then holds config.json and the checkpoints of
+all replicas, and each replica writes its own `seed=<s>/` directory with the
+files above (config.json there is the single run the replica is equivalent to).
+
+Every batch is split over all devices (`train.data_mesh`), across processes too
+after `jax.distributed.initialize`; process 0 writes the files.
 """
 
 import dataclasses
@@ -24,6 +32,7 @@ from typing import Any
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 
@@ -75,6 +84,24 @@ class StopSignals:
 
 ARTIFACTS = ("checkpoints", "images", "metrics.jsonl", "samples.png", "reconstructions.png", "config.json")
 NUM_GRID = 64
+
+
+def is_writer() -> bool:
+  """Whether this process writes the run's files (process 0 of a multi-process run)."""
+  return jax.process_index() == 0
+
+
+def _sync(name: str) -> None:
+  """Waits until every process reaches this point (no-op with one process)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
+def _any_process(value: int) -> int:
+  """The largest `value` over all processes (so that all take the same branch)."""
+  if jax.process_count() == 1:
+    return value
+  return int(np.max(multihost_utils.process_allgather(np.int32(value))))
 
 
 def quiet_library_logs() -> None:
@@ -135,10 +162,15 @@ def check_workdir(config: config_lib.Config, workdir: pathlib.Path, overwrite: b
     raise config_lib.ConfigError(f"{workdir} is not empty and holds no jaxvae run; use another --workdir")
 
 
+def replica_dir(config: config_lib.Config, workdir: pathlib.Path, index: int) -> pathlib.Path:
+  """Where replica `index` writes its metrics and pictures: `workdir` itself for a single run."""
+  return workdir if config.num_replicas == 1 else workdir / f"seed={config.seeds[index]}"
+
+
 def remove_artifacts(workdir: pathlib.Path) -> None:
   """Deletes what a previous run wrote into `workdir` (for --overwrite); leaves other files."""
-  for name in ARTIFACTS:
-    target = workdir / name
+  replicas = [d for d in workdir.glob("seed=*") if (d / "config.json").is_file()]
+  for target in [workdir / name for name in ARTIFACTS] + replicas:
     if target.is_dir():
       shutil.rmtree(target)
     elif target.exists():
@@ -169,51 +201,90 @@ def test_elbo(model, params, key, test_x) -> dict:
 
 
 @dataclasses.dataclass
+class _Replica:
+  """One of the models a run trains, and where its records and pictures go."""
+
+  config: config_lib.Config  # its single-run config (num_replicas=1)
+  directory: pathlib.Path
+  keys: train.KeyStreams
+  grid_z: jax.Array
+
+  @property
+  def metrics_path(self) -> pathlib.Path:
+    return self.directory / "metrics.jsonl"
+
+  @property
+  def label(self) -> str:
+    return f"seed {self.config.seed}: "
+
+
+@dataclasses.dataclass
 class _Run:
   """What stays fixed while a run trains: settings, data on device, compiled epoch, checkpoints."""
 
   config: config_lib.Config
   workdir: pathlib.Path
   model: Any
-  keys: train.KeyStreams
+  keys: train.KeyStreams  # for an ensemble, every stream is a [R] stack
+  replicas: list[_Replica]
   train_images: jax.Array
   test_x: jax.Array
-  grid_z: jax.Array
   epoch_fn: Any
   mngr: Any
   data_fingerprint: str
-  metrics_path: pathlib.Path
   wall_start: float
+
+  @property
+  def ensemble(self) -> bool:
+    return self.config.num_replicas > 1
+
+  def select(self, tree, index: int):
+    """Replica `index`'s part of a state or metrics tree."""
+    return jax.tree.map(lambda a: a[index], tree) if self.ensemble else tree
+
+  def _log(self, replica: _Replica, text: str) -> None:
+    if is_writer():
+      print((replica.label if self.ensemble else "") + text, flush=True)
 
   def train_epoch(self, state: train.TrainState, epoch: int) -> train.TrainState:
     """Runs epoch `epoch`, logs and records it, writes its grids and (when due) a checkpoint."""
     config = self.config
     start = time.perf_counter()
-    state, metrics = self.epoch_fn(state, self.train_images, jax.random.fold_in(self.keys.data, epoch), self.keys.train)
+    fold = jax.vmap(jax.random.fold_in, (0, None)) if self.ensemble else jax.random.fold_in
+    state, metrics = self.epoch_fn(state, self.train_images, fold(self.keys.data, epoch), self.keys.train)
     metrics = jax.device_get(metrics)
     seconds = time.perf_counter() - start
-    if metrics["nonfinite_steps"]:
-      step = int(metrics["first_nonfinite_step"])
-      if config.nonfinite_policy == "stop":
-        last = self.mngr.latest_step()
-        kept = f"the last good checkpoint is epoch {last}" if last is not None else "no checkpoint was written yet"
-        raise NonFiniteError(
-            f"non-finite loss or gradient in epoch {epoch} at step {step}: training stopped; {kept}; "
-            "lower --learning_rate, or pass --nonfinite_policy=skip to skip such updates")
-      logging.warning("epoch %d: skipped %d non-finite updates (the first at step %d)", epoch,
-                      int(metrics["nonfinite_steps"]), step)
-    record = {
-        "epoch": epoch, "step": int(state.step), "train_neg_elbo": float(metrics["neg_elbo"]),
-        "train_kl": float(metrics["kl"]), "train_reconstruction": float(metrics["reconstruction"]),
-        **test_elbo(self.model, state.params, self.keys.eval, self.test_x),
-        "images_per_sec": int(metrics["num_images"]) / seconds, "epoch_seconds": seconds,
-        "wall_seconds": time.perf_counter() - self.wall_start, "nonfinite_steps": int(metrics["nonfinite_steps"]),
-    }
-    append_metrics(self.metrics_path, record)
-    print(f"epoch {epoch:4d}/{config.num_epochs}  train -ELBO {record['train_neg_elbo']:8.2f}  "
-          f"test -ELBO {record['test_neg_elbo']:8.2f}  KL {record['test_kl']:6.2f}  "
-          f"{record['images_per_sec']:8,.0f} images/s", flush=True)
-    write_grids(self.model, state.params, self.grid_z, self.test_x, self.workdir / "images", f"epoch_{epoch:03d}_")
+    for index, replica in enumerate(self.replicas):
+      replica_metrics = self.select(metrics, index)
+      if replica_metrics["nonfinite_steps"]:
+        step = int(replica_metrics["first_nonfinite_step"])
+        where = f"epoch {epoch} at step {step}" + (f" of the replica with seed {replica.config.seed}"
+                                                   if self.ensemble else "")
+        if config.nonfinite_policy == "stop":
+          last = self.mngr.latest_step()
+          kept = f"the last good checkpoint is epoch {last}" if last is not None else "no checkpoint was written yet"
+          raise NonFiniteError(
+              f"non-finite loss or gradient in {where}: training stopped; {kept}; "
+              "lower --learning_rate, or pass --nonfinite_policy=skip to skip such updates")
+        logging.warning("%s: skipped %d non-finite updates (the first at step %d)", where,
+                        int(replica_metrics["nonfinite_steps"]), step)
+    for index, replica in enumerate(self.replicas):
+      replica_metrics, replica_state = self.select(metrics, index), self.select(state, index)
+      record = {
+          "epoch": epoch, "step": int(replica_state.step), "train_neg_elbo": float(replica_metrics["neg_elbo"]),
+          "train_kl": float(replica_metrics["kl"]), "train_reconstruction": float(replica_metrics["reconstruction"]),
+          **test_elbo(self.model, replica_state.params, replica.keys.eval, self.test_x),
+          "images_per_sec": int(replica_metrics["num_images"]) / seconds, "epoch_seconds": seconds,
+          "wall_seconds": time.perf_counter() - self.wall_start,
+          "nonfinite_steps": int(replica_metrics["nonfinite_steps"]),
+      }
+      self._log(replica, f"epoch {epoch:4d}/{config.num_epochs}  train -ELBO {record['train_neg_elbo']:8.2f}  "
+                f"test -ELBO {record['test_neg_elbo']:8.2f}  KL {record['test_kl']:6.2f}  "
+                f"{record['images_per_sec']:8,.0f} images/s")
+      if is_writer():
+        append_metrics(replica.metrics_path, record)
+        write_grids(self.model, replica_state.params, replica.grid_z, self.test_x, replica.directory / "images",
+                    f"epoch_{epoch:03d}_")
     if epoch % config.checkpoint_every == 0 or epoch == config.num_epochs:
       self.save(state, epoch)
     return state
@@ -222,29 +293,41 @@ class _Run:
     if self.mngr.latest_step() != epoch:
       checkpoints.save(self.mngr, state, epoch, data_fingerprint=self.data_fingerprint)
 
-  def final_evaluation(self, state: train.TrainState) -> dict:
+  def final_evaluation(self, state: train.TrainState) -> list[dict]:
+    """The final record of every replica (test ELBO, IWAE NLL), written and returned."""
     config = self.config
-    final = {"final": True, "epoch": config.num_epochs, "step": int(state.step),
-             **test_elbo(self.model, state.params, self.keys.eval, self.test_x)}
-    if config.eval_iwae_samples:
-      start = time.perf_counter()
-      bounds = evaluate.iwae_bounds(self.model, state.params, self.keys.eval, self.test_x, config.eval_iwae_samples,
-                                    config.eval_batch_size, config.iwae_chunk_size)
-      final.update(iwae_nll=float(-bounds.mean()), iwae_nll_stderr=float(bounds.std(ddof=1) / np.sqrt(len(bounds))),
-                   iwae_samples=config.eval_iwae_samples, iwae_seconds=time.perf_counter() - start)
-    append_metrics(self.metrics_path, final)
-    write_grids(self.model, state.params, self.grid_z, self.test_x, self.workdir)
-    summary = f"test -ELBO {final['test_neg_elbo']:.2f} nats"
-    if "iwae_nll" in final:
-      summary += (f", IWAE NLL (k={config.eval_iwae_samples}) {final['iwae_nll']:.2f} "
-                  f"± {final['iwae_nll_stderr']:.2f}")
-    print(f"final: {summary}; artifacts in {self.workdir}", flush=True)
-    return final
+    finals = []
+    for index, replica in enumerate(self.replicas):
+      replica_state = self.select(state, index)
+      final = {"final": True, "epoch": config.num_epochs, "step": int(replica_state.step),
+               **test_elbo(self.model, replica_state.params, replica.keys.eval, self.test_x)}
+      if config.eval_iwae_samples:
+        start = time.perf_counter()
+        bounds = evaluate.iwae_bounds(self.model, replica_state.params, replica.keys.eval, self.test_x,
+                                      config.eval_iwae_samples, config.eval_batch_size, config.iwae_chunk_size)
+        final.update(iwae_nll=float(-bounds.mean()), iwae_nll_stderr=float(bounds.std(ddof=1) / np.sqrt(len(bounds))),
+                     iwae_samples=config.eval_iwae_samples, iwae_seconds=time.perf_counter() - start)
+      if is_writer():
+        append_metrics(replica.metrics_path, final)
+        write_grids(self.model, replica_state.params, replica.grid_z, self.test_x, replica.directory)
+      summary = f"test -ELBO {final['test_neg_elbo']:.2f} nats"
+      if "iwae_nll" in final:
+        summary += (f", IWAE NLL (k={config.eval_iwae_samples}) {final['iwae_nll']:.2f} "
+                    f"± {final['iwae_nll_stderr']:.2f}")
+      self._log(replica, f"final: {summary}; artifacts in {replica.directory}")
+      finals.append(final)
+    return finals
 
 
-def train_and_evaluate(config: config_lib.Config, workdir, overwrite: bool = False) -> dict:
-  """Trains and evaluates `config` in `workdir` (see the module docstring). Returns the final record.
+def _is_complete(records: list[dict], config: config_lib.Config, epoch: int) -> bool:
+  return bool(records and records[-1].get("final") and records[-1]["epoch"] == epoch == config.num_epochs
+              and records[-1].get("iwae_samples", 0) == config.eval_iwae_samples)
 
+
+def train_and_evaluate(config: config_lib.Config, workdir, overwrite: bool = False) -> dict | list[dict]:
+  """Trains and evaluates `config` in `workdir` (see the module docstring).
+
+  Returns the final metrics record, or for an ensemble the list of every replica's.
   Every check (settings, workdir, data, checkpoint) runs before anything in `workdir` changes.
   """
   config.validate()
@@ -254,52 +337,75 @@ def train_and_evaluate(config: config_lib.Config, workdir, overwrite: bool = Fal
   num_train = len(mnist.train.labels)
   if config.batch_size > num_train:
     raise config_lib.ConfigError(f"batch_size {config.batch_size} exceeds the {num_train} training images")
-  if overwrite:
-    remove_artifacts(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
+  mesh = train.data_mesh()
+  if config.batch_size % mesh.size:
+    raise config_lib.ConfigError(f"batch_size {config.batch_size} is not a multiple of the {mesh.size} devices "
+                                 "each batch is split over")
+  ensemble = config.num_replicas > 1
 
   model = config_lib.build_model(config)
   optimizer = train.make_optimizer(config)
-  keys = train.KeyStreams.from_seed(config.seed)
-  state = train.create_train_state(model, optimizer, keys.init)
+  keys = train.KeyStreams.from_seeds(config.seeds) if ensemble else train.KeyStreams.from_seed(config.seed)
+  state = train.replicate(train.create_train_state(model, optimizer, keys.init), mesh)
   fingerprint = data_lib.fingerprint(mnist.train)
+  _sync("inputs checked")  # no process changes the workdir before all have checked it
+  if overwrite:
+    if is_writer():
+      remove_artifacts(workdir)
+    _sync("old run removed")
   with checkpoints.manager(workdir) as mngr:  # closed on every exit, errors included
     restored, start_epoch = checkpoints.restore(mngr, state, data_fingerprint=fingerprint)
     if start_epoch > config.num_epochs:
       raise config_lib.ConfigError(
           f"{workdir} holds a checkpoint of epoch {start_epoch}, past --num_epochs={config.num_epochs}")
     # Only now, with the checkpoint (if any) known to fit, does anything in workdir change.
-    (workdir / "config.json").write_text(config.to_json() + "\n")
-    metrics_path = workdir / "metrics.jsonl"
-    records = read_metrics(metrics_path)
-    if (records and records[-1].get("final") and records[-1]["epoch"] == start_epoch == config.num_epochs
-        and records[-1].get("iwae_samples", 0) == config.eval_iwae_samples):
-      print(f"{workdir} is complete: {json.dumps(records[-1])}", flush=True)
-      return records[-1]
-    records = [r for r in records if not r.get("final") and r["epoch"] <= start_epoch]
-    write_metrics(metrics_path, records)
+    replicas = []
+    for index in range(config.num_replicas):
+      replica_keys = keys.at(index) if ensemble else keys
+      replicas.append(_Replica(config=config.replica(index), directory=replica_dir(config, workdir, index),
+                               keys=replica_keys,
+                               grid_z=jax.random.normal(replica_keys.sample, (NUM_GRID, config.latent_dim))))
+    all_records = [read_metrics(r.metrics_path) for r in replicas]
+    if all(_is_complete(records, config, start_epoch) for records in all_records):
+      finals = [records[-1] for records in all_records]
+      if is_writer():
+        for replica, final in zip(replicas, finals):
+          print(f"{replica.directory} is complete: {json.dumps(final)}", flush=True)
+      return finals if ensemble else finals[0]
+    _sync("completion checked")
+    if is_writer():
+      workdir.mkdir(parents=True, exist_ok=True)
+      (workdir / "config.json").write_text(config.to_json() + "\n")
+      for replica, records in zip(replicas, all_records):
+        replica.directory.mkdir(exist_ok=True)
+        if ensemble:
+          (replica.directory / "config.json").write_text(replica.config.to_json() + "\n")
+        write_metrics(replica.metrics_path, [r for r in records if not r.get("final") and r["epoch"] <= start_epoch])
+    records = [r for r in all_records[0] if not r.get("final") and r["epoch"] <= start_epoch]
     if restored is not None:
       state = restored
-      logging.info("resumed from checkpoint of epoch %d (step %d)", start_epoch, int(state.step))
+      logging.info("resumed from checkpoint of epoch %d (step %s)", start_epoch, np.asarray(state.step))
 
-    train_images = jax.device_put(data_lib.prepare_train_images(mnist.train.images, config.binarization))
+    train_images = train.replicate(data_lib.prepare_train_images(mnist.train.images, config.binarization), mesh)
     epoch_fn = train.make_train_epoch(model, optimizer, config.batch_size, config.binarization,
-                                      config.nonfinite_policy)
+                                      config.nonfinite_policy, mesh=mesh, ensemble=ensemble)
     start = time.perf_counter()
     epoch_fn = epoch_fn.lower(state, train_images, keys.data, keys.train).compile()
-    logging.info("compiled the training epoch in %.1f s", time.perf_counter() - start)
-    run = _Run(config=config, workdir=workdir, model=model, keys=keys, train_images=train_images,
-               test_x=jax.device_put(data_lib.test_targets(mnist.test.images, config.binarization)),
-               grid_z=jax.random.normal(keys.sample, (NUM_GRID, config.latent_dim)), epoch_fn=epoch_fn,
-               mngr=mngr, data_fingerprint=fingerprint, metrics_path=metrics_path,
+    logging.info("compiled the training epoch in %.1f s (batch split over %d devices)",
+                 time.perf_counter() - start, mesh.size)
+    run = _Run(config=config, workdir=workdir, model=model, keys=keys, replicas=replicas, train_images=train_images,
+               test_x=train.replicate(data_lib.test_targets(mnist.test.images, config.binarization), mesh),
+               epoch_fn=epoch_fn, mngr=mngr, data_fingerprint=fingerprint,
                wall_start=time.perf_counter() - (records[-1]["wall_seconds"] if records else 0.0))
 
     with StopSignals() as signals:
       for epoch in range(start_epoch + 1, config.num_epochs + 1):
         state = run.train_epoch(state, epoch)
-        if signals.signum is not None:
+        signum = _any_process(signals.signum or 0)
+        if signum:
           run.save(state, epoch)
-          raise Interrupted(f"{signal.Signals(signals.signum).name} received: stopped after epoch {epoch} with a "
-                            f"checkpoint in {workdir / 'checkpoints'}; run the same command to resume", signals.signum)
+          raise Interrupted(f"{signal.Signals(signum).name} received: stopped after epoch {epoch} with a "
+                            f"checkpoint in {workdir / 'checkpoints'}; run the same command to resume", signum)
       signals.raise_now = True
-      return run.final_evaluation(state)
+      finals = run.final_evaluation(state)
+      return finals if ensemble else finals[0]

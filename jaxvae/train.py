@@ -5,6 +5,11 @@ Keys: `fit` derives every random number from named streams of one root key
 (data stream, epoch), each step's reparameterization noise from
 (train stream, global step). A resumed run therefore sees exactly the data and
 noise an uninterrupted one would.
+
+Scale: the batch is sharded over a `jax.sharding.Mesh` of devices (axis "data",
+params replicated), on one host or many (`jax.distributed`); an ensemble of
+independent models (one per seed) is `jax.vmap` of the same epoch over a
+leading replica axis of the state and keys.
 """
 
 import functools
@@ -14,6 +19,7 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxvae import data as data_lib
@@ -43,15 +49,38 @@ class KeyStreams(NamedTuple):
   def from_seed(cls, seed: int) -> "KeyStreams":
     return cls(*jax.random.split(jax.random.key(seed), len(cls._fields)))
 
+  @classmethod
+  def from_seeds(cls, seeds) -> "KeyStreams":
+    """Streams of an ensemble: each field a [R] stack, row r equal to `from_seed(seeds[r])`."""
+    return jax.tree.map(lambda *keys: jnp.stack(keys), *[cls.from_seed(int(s)) for s in seeds])
+
+  def at(self, replica: int) -> "KeyStreams":
+    """The streams of one replica of an ensemble."""
+    return KeyStreams(*(k[replica] for k in self))
+
+
+def data_mesh(devices=None) -> jax.sharding.Mesh:
+  """A 1-D mesh (axis "data") over `devices`, default all devices of all processes."""
+  return jax.sharding.Mesh(np.asarray(jax.devices() if devices is None else devices), ("data",))
+
+
+def replicate(tree, mesh: jax.sharding.Mesh):
+  """Places `tree` (host or device arrays, same values on every process) whole on every device of `mesh`."""
+  return jax.device_put(tree, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+
 
 def create_train_state(model: nn.Module, optimizer: optax.GradientTransformation, key: jax.Array) -> TrainState:
-  """Initial params (from `key`) and optimizer state, built in one compiled call."""
+  """Initial params (from `key`) and optimizer state, built in one compiled call.
+
+  `key` may be a [R] stack of keys (see `KeyStreams.from_seeds`): the result is then
+  the state of an ensemble, every leaf with a leading replica axis of size R.
+  """
 
   def create(key):
     params = models.init_params(model, key)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
 
-  return jax.jit(create)(key)
+  return jax.jit(jax.vmap(create) if key.ndim else create)(key)
 
 
 NONFINITE_POLICIES = ("stop", "skip")
@@ -112,6 +141,8 @@ def make_train_epoch(
     batch_size: int,
     binarization: str,
     nonfinite_policy: str = "stop",
+    mesh: jax.sharding.Mesh | None = None,
+    ensemble: bool = False,
 ) -> Callable[..., tuple[TrainState, dict]]:
   """Returns a jitted `epoch(state, images_NxD, epoch_key, train_key) -> (state, metrics)`.
 
@@ -120,16 +151,27 @@ def make_train_epoch(
   `metrics` are means over the epoch's finite steps (NaN if none), plus
   `num_images` (trained on), `nonfinite_steps` (count) and `first_nonfinite_step`
   (global step index, -1 if none). The input state is donated.
+
+  With a `mesh` (see `data_mesh`) every batch is split over its "data" axis;
+  pass state and images replicated on the mesh (`replicate`). `batch_size` must
+  be a multiple of the mesh size. With `ensemble=True` the epoch is vmapped over
+  a leading replica axis of `state`, `epoch_key` and `train_key` (the images are
+  shared); metrics then have that axis too.
   """
   step = make_train_step(model, optimizer, binarization, nonfinite_policy)
+  if mesh is not None and batch_size % mesh.size:
+    raise ValueError(f"batch_size {batch_size} is not a multiple of the {mesh.size} devices it is split over")
+  batch_sharding = None if mesh is None else jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
 
-  @functools.partial(jax.jit, donate_argnums=0)
   def epoch(state: TrainState, images_NxD: jax.Array, epoch_key: jax.Array, train_key: jax.Array):
     batch_indices, bin_keys = epoch_batches(epoch_key, images_NxD.shape[0], batch_size)
 
     def body(state, batch):
       indices_B, bin_key = batch
-      return step(state, images_NxD[indices_B], bin_key, train_key)
+      images_BxD = images_NxD[indices_B]
+      if batch_sharding is not None:
+        images_BxD = jax.lax.with_sharding_constraint(images_BxD, batch_sharding)
+      return step(state, images_BxD, bin_key, train_key)
 
     first_step = state.step
     state, metrics = jax.lax.scan(body, state, (batch_indices, bin_keys))
@@ -142,7 +184,9 @@ def make_train_epoch(
     summary["first_nonfinite_step"] = jnp.where(jnp.all(finite), -1, first_step + jnp.argmin(finite))
     return state, summary
 
-  return epoch
+  if ensemble:
+    epoch = jax.vmap(epoch, in_axes=(0, None, 0, 0))
+  return jax.jit(epoch, donate_argnums=0)
 
 
 def make_optimizer(config) -> optax.GradientTransformation:

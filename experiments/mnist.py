@@ -14,6 +14,7 @@ resumes from the newest checkpoint. Reload the model with
 Each batch is split over all devices of all processes.
 """
 
+import dataclasses
 import sys
 
 from absl import app
@@ -65,14 +66,8 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0 
 
 
 def config_from_flags() -> config_lib.Config:
-  return config_lib.Config(
-      latent_dim=_LATENT_DIM.value, hidden_dim=_HIDDEN_DIM.value, num_layers=_NUM_LAYERS.value,
-      activation=_ACTIVATION.value, weight_init=_WEIGHT_INIT.value, num_epochs=_NUM_EPOCHS.value, batch_size=_BATCH_SIZE.value,
-      learning_rate=_LEARNING_RATE.value, seed=_SEED.value, num_replicas=_NUM_REPLICAS.value, binarization=_BINARIZATION.value,
-      data_source=_DATA_SOURCE.value, data_dir=_DATA_DIR.value, data_path=_DATA_PATH.value,
-      tfds_download=_TFDS_DOWNLOAD.value, eval_iwae_samples=_EVAL_IWAE_SAMPLES.value,
-      iwae_chunk_size=_IWAE_CHUNK_SIZE.value, eval_batch_size=_EVAL_BATCH_SIZE.value,
-      checkpoint_every=_CHECKPOINT_EVERY.value, nonfinite_policy=_NONFINITE_POLICY.value)
+  """The `Config` whose every field is the flag of the same name."""
+  return config_lib.Config(**{f.name: flags.FLAGS[f.name].value for f in dataclasses.fields(config_lib.Config)})
 
 
 def main(argv):

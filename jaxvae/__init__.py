@@ -17,7 +17,7 @@ from jaxvae.distributions import (
     reparameterize,
     standard_normal_log_density,
 )
-from jaxvae.evaluate import elbo_terms, iwae_bounds
+from jaxvae.evaluate import active_units, elbo_terms, iwae_bounds, latent_means
 from jaxvae.models import ACTIVATIONS, WEIGHT_INITS, Decoder, Encoder, VAE, init_params
 from jaxvae.objectives import Elbo, batch_elbo, batch_iwae_bound, elbo, iwae_bound, log_importance_weights
 from jaxvae.plots import image_grid, save_image_grid

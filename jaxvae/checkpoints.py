@@ -107,12 +107,10 @@ def load_model(workdir, epoch: int | None = None):
   if not config_path.is_file():
     raise CheckpointError(f"{workdir}: no config.json; not a jaxvae workdir")
   config = config_lib.Config.from_json_file(config_path)
-  parent = workdir.absolute().parent
-  if not (workdir / "checkpoints").exists() and (parent / "config.json").is_file():
-    ensemble = config_lib.Config.from_json_file(parent / "config.json")
-    if config.seed in ensemble.seeds and ensemble.replica(ensemble.seeds.index(config.seed)) == config:
-      model, params, _ = load_model(parent, epoch)
-      return model, jax.tree.map(lambda a: a[ensemble.seeds.index(config.seed)], params), config
+  replica = config_lib.replica_of(workdir)
+  if replica is not None:
+    model, params, _ = load_model(workdir.absolute().parent, epoch)
+    return model, jax.tree.map(lambda a: a[replica[1]], params), config
   model = config_lib.build_model(config)
   optimizer = train.make_optimizer(config)
   key = jax.random.split(jax.random.key(0), config.num_replicas) if config.num_replicas > 1 else jax.random.key(0)

@@ -57,8 +57,8 @@ class Config:
       raise ConfigError("data_source npz needs data_path, the .npz file to read")
     if self.eval_iwae_samples < 0:
       raise ConfigError(f"eval_iwae_samples must be >= 0, got {self.eval_iwae_samples}")
-    choices = {"activation": models.ACTIVATIONS, "weight_init": models.WEIGHT_INITS, "binarization": data_lib.BINARIZATIONS,
-               "data_source": data_lib.SOURCES,
+    choices = {"activation": models.ACTIVATIONS, "weight_init": models.WEIGHT_INITS,
+               "binarization": data_lib.BINARIZATIONS, "data_source": data_lib.SOURCES,
                "nonfinite_policy": train.NONFINITE_POLICIES}
     for name, allowed in choices.items():
       if getattr(self, name) not in allowed:
@@ -90,6 +90,23 @@ class Config:
   def replica(self, index: int) -> "Config":
     """The single-run config that replica `index` of an ensemble trains (up to float rounding)."""
     return dataclasses.replace(self, seed=self.seeds[index], num_replicas=1)
+
+
+def replica_of(workdir) -> tuple[Config, int] | None:
+  """(ensemble config, replica index) when `workdir` is the `seed=<s>/` directory of one
+  replica of an ensemble (see `run.train_and_evaluate`); None otherwise."""
+  workdir = pathlib.Path(workdir).absolute()
+  if not (workdir / "config.json").is_file() or not (workdir.parent / "config.json").is_file():
+    return None
+  try:
+    config = Config.from_json_file(workdir / "config.json")
+    parent = Config.from_json_file(workdir.parent / "config.json")
+  except ConfigError:
+    return None
+  if parent.num_replicas == 1 or config.seed not in parent.seeds or workdir.name != f"seed={config.seed}":
+    return None
+  index = parent.seeds.index(config.seed)
+  return (parent, index) if parent.replica(index) == config else None
 
 
 # Fields that may change when a run is resumed: evaluation and bookkeeping, and where the

@@ -31,6 +31,26 @@ def elbo_terms(model: nn.Module, params, key: jax.Array, x_NxD: jax.Array, batch
   return jax.lax.map(one, (keys_N, x_NxD), batch_size=batch_size)
 
 
+@functools.partial(jax.jit, static_argnames=("model", "batch_size"))
+def latent_means(model: nn.Module, params, x_NxD: jax.Array, batch_size: int = 1000) -> jax.Array:
+  """Posterior means E_q[z | x] of a whole data set, encoded `batch_size` examples at a time.
+
+  Returns:
+    [N, L] latent means.
+  """
+  encode = lambda x_D: model.apply(params, x_D, method=model.encode)[0]
+  return jax.lax.map(encode, x_NxD, batch_size=batch_size)
+
+
+def active_units(model: nn.Module, params, x_NxD: jax.Array, threshold: float = 0.01) -> int:
+  """Latent dimensions whose posterior mean varies over the data: Var_x(E_q[z_l | x]) > threshold.
+
+  The activity statistic of Burda et al. (2015), section 5.2, with their threshold 0.01.
+  """
+  variance_L = jnp.var(latent_means(model, params, x_NxD), axis=0)
+  return int(jnp.sum(variance_L > threshold))
+
+
 @functools.partial(jax.jit, static_argnames=("model", "num_samples", "chunk_size"))
 def _iwae_batch(model, params, keys_B, x_BxD, num_samples, chunk_size):
   bound = functools.partial(objectives.iwae_bound, model, params, num_samples=num_samples, chunk_size=chunk_size)

@@ -147,6 +147,9 @@ def check_workdir(config: config_lib.Config, workdir: pathlib.Path, overwrite: b
   if workdir.exists() and not workdir.is_dir():
     raise config_lib.ConfigError(f"workdir {workdir} exists and is not a directory")
   config_path = workdir / "config.json"
+  if config_lib.replica_of(workdir) is not None:
+    raise config_lib.ConfigError(f"{workdir} is one replica of the ensemble in {workdir.parent}; run the "
+                                 "ensemble's command there, or use another --workdir")
   if overwrite:
     return
   if config_path.exists():
@@ -300,17 +303,20 @@ class _Run:
     for index, replica in enumerate(self.replicas):
       replica_state = self.select(state, index)
       final = {"final": True, "epoch": config.num_epochs, "step": int(replica_state.step),
-               **test_elbo(self.model, replica_state.params, replica.keys.eval, self.test_x)}
+               **test_elbo(self.model, replica_state.params, replica.keys.eval, self.test_x),
+               "active_units": evaluate.active_units(self.model, replica_state.params, self.test_x)}
       if config.eval_iwae_samples:
         start = time.perf_counter()
         bounds = evaluate.iwae_bounds(self.model, replica_state.params, replica.keys.eval, self.test_x,
                                       config.eval_iwae_samples, config.eval_batch_size, config.iwae_chunk_size)
         final.update(iwae_nll=float(-bounds.mean()), iwae_nll_stderr=float(bounds.std(ddof=1) / np.sqrt(len(bounds))),
                      iwae_samples=config.eval_iwae_samples, iwae_seconds=time.perf_counter() - start)
+      final["wall_seconds"] = time.perf_counter() - self.wall_start
       if is_writer():
         append_metrics(replica.metrics_path, final)
         write_grids(self.model, replica_state.params, replica.grid_z, self.test_x, replica.directory)
-      summary = f"test -ELBO {final['test_neg_elbo']:.2f} nats"
+      summary = (f"test -ELBO {final['test_neg_elbo']:.2f} nats, "
+                 f"{final['active_units']}/{config.latent_dim} active units")
       if "iwae_nll" in final:
         summary += (f", IWAE NLL (k={config.eval_iwae_samples}) {final['iwae_nll']:.2f} "
                     f"± {final['iwae_nll_stderr']:.2f}")

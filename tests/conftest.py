@@ -27,3 +27,19 @@ def tiny_npz(tmp_path_factory):
   path = tmp_path_factory.mktemp("data") / "tiny_mnist.npz"
   np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
   return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache(tmp_path_factory):
+  """Lets the CLI subprocesses of the tests share compiled programs (JAX's persistent cache):
+  each would otherwise spend most of its ~20 s compiling the same tiny models again."""
+  settings = {"JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache")),
+              "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"}
+  saved = {k: os.environ.get(k) for k in settings}
+  os.environ.update(settings)
+  yield
+  for key, value in saved.items():
+    if value is None:
+      os.environ.pop(key)
+    else:
+      os.environ[key] = value

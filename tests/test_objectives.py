@@ -73,3 +73,15 @@ def test_jit_and_no_jit_agree(trained):
   eager_iwae = jaxvae.batch_iwae_bound(model, params, key, x[:8], 16)
   jitted_iwae = jax.jit(jaxvae.batch_iwae_bound, static_argnums=(0, 4))(model, params, key, x[:8], 16)
   np.testing.assert_allclose(eager_iwae, jitted_iwae, rtol=1e-5)
+
+
+def test_latent_means_and_active_units():
+  model = jaxvae.VAE(latent_dim=4, hidden_dim=16)
+  params = jaxvae.init_params(model, jax.random.key(0))
+  x_NxD = jax.random.uniform(jax.random.key(1), (50, 784))
+  means = jaxvae.latent_means(model, params, x_NxD, batch_size=16)  # 50 is not a multiple of 16
+  np.testing.assert_allclose(means, model.apply(params, x_NxD, method=model.encode)[0], rtol=1e-5, atol=1e-6)
+  variance = np.sort(np.var(np.asarray(means), axis=0))
+  assert jaxvae.active_units(model, params, x_NxD, threshold=0.0) == 4
+  assert jaxvae.active_units(model, params, x_NxD, threshold=float(variance[1] + variance[2]) / 2) == 2
+  assert jaxvae.active_units(model, params, x_NxD, threshold=float(variance[-1]) * 2) == 0

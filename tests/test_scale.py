@@ -87,6 +87,8 @@ def test_cli_ensemble_writes_each_replica_apart_and_matches_single_runs(tiny_npz
   # Finished: running again changes nothing; another ensemble size is another run.
   assert run_cli(*args(tiny_npz, workdir, EPOCHS, "--num_replicas=2")).stdout.count("is complete") == 2
   assert_refused(args(tiny_npz, workdir, EPOCHS, "--num_replicas=3"), "num_replicas: 2 -> 3", workdir)
+  # A replica's directory is not a run of its own: training there would overwrite its records.
+  assert_refused(args(tiny_npz, workdir / "seed=1", EPOCHS, "--seed=1"), "is one replica of the ensemble", workdir)
 
 
 def test_batch_split_over_four_devices_matches_one(tiny_npz, tmp_path, single):

@@ -1,0 +1,195 @@
+r"""Summarizes a sweep: one table row per configuration, mean ± std over its seeds.
+
+  python -m experiments.summarize runs/latent
+
+Reads the config.json and metrics.jsonl of every run under the directory (the
+`seed=<s>/` replicas of an ensemble included) and writes there:
+  results.csv  one row per run: the settings that vary, seed, status and final metrics;
+  results.md   a markdown table per configuration (settings that vary across the
+               sweep as columns), also printed;
+  results.png  test NLL (IWAE, else -ELBO) and KL against --x, with ±1 std error bars.
+Runs without a final record are listed as incomplete (with the epoch they reached),
+never silently dropped.
+"""
+
+import csv
+import dataclasses
+import math
+import pathlib
+import sys
+
+from absl import app
+from absl import flags
+import numpy as np
+
+import jaxvae
+from jaxvae import config as config_lib
+
+_X = flags.DEFINE_string("x", None, "Setting on the plot's x axis (default: the first numeric one that varies).")
+
+METRICS = (  # (column, key in the final record, format)
+    ("test −ELBO", "test_neg_elbo", ".2f"),
+    ("IWAE NLL", "iwae_nll", ".2f"),
+    ("KL", "test_kl", ".2f"),
+    ("active units", "active_units", ".1f"),
+    ("wall time (s)", "wall_seconds", ".0f"),
+)
+IGNORED = ("seed", "num_replicas", "data_dir", "data_path", "tfds_download", "checkpoint_every")
+
+
+@dataclasses.dataclass
+class Run:
+  directory: pathlib.Path
+  config: config_lib.Config
+  final: dict | None  # the final metrics record; None while incomplete
+  last_epoch: int
+
+
+def find_runs(root: pathlib.Path) -> list[Run]:
+  """Every single-model run under `root` (an ensemble's workdir stands for its replicas)."""
+  runs = []
+  for config_path in sorted(root.rglob("config.json")):
+    config = config_lib.Config.from_json_file(config_path)
+    if config.num_replicas > 1:
+      continue
+    records = jaxvae.run.read_metrics(config_path.parent / "metrics.jsonl")
+    final = records[-1] if records and records[-1].get("final") else None
+    epochs = [r["epoch"] for r in records if not r.get("final")]
+    runs.append(Run(config_path.parent, config, final, max(epochs, default=0)))
+  return runs
+
+
+def varying_fields(runs: list[Run]) -> list[str]:
+  """Settings (other than seed and bookkeeping) that differ between runs, in Config order."""
+  names = [f.name for f in dataclasses.fields(config_lib.Config) if f.name not in IGNORED]
+  return [n for n in names if len({getattr(r.config, n) for r in runs}) > 1]
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+  """Mean and sample standard deviation (NaN for a single value)."""
+  values = np.asarray(values, np.float64)
+  return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else math.nan
+
+
+def aggregate(runs: list[Run], fields: list[str]) -> list[dict]:
+  """One row per configuration of the complete runs: settings, seeds, and (mean, std) per metric."""
+  groups = {}
+  for run in runs:
+    if run.final is not None:
+      groups.setdefault(tuple(getattr(run.config, f) for f in fields), []).append(run)
+  rows = []
+  for key in sorted(groups, key=lambda k: tuple((str(type(v)), v) for v in k)):
+    members = groups[key]
+    row = {"settings": dict(zip(fields, key)), "seeds": sorted(r.config.seed for r in members), "metrics": {}}
+    for _, name, _ in METRICS:
+      values = [r.final[name] for r in members if name in r.final]
+      if len(values) == len(members):
+        row["metrics"][name] = mean_std(values)
+    rows.append(row)
+  return rows
+
+
+def markdown(rows: list[dict], fields: list[str]) -> str:
+  header = [*fields, "seeds", *(column for column, _, _ in METRICS)]
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for row in rows:
+    cells = [str(row["settings"][f]) for f in fields] + [str(len(row["seeds"]))]
+    for _, name, fmt in METRICS:
+      if name not in row["metrics"]:
+        cells.append("—")
+        continue
+      mean, std = row["metrics"][name]
+      cells.append(f"{mean:{fmt}}" + ("" if math.isnan(std) else f" ± {std:{fmt}}"))
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def write_csv(path: pathlib.Path, runs: list[Run], fields: list[str]) -> None:
+  """One row per run, its directory relative to the sweep."""
+  with open(path, "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["directory", *fields, "seed", "status", "last_epoch", *(name for _, name, _ in METRICS)])
+    for run in runs:
+      final = run.final or {}
+      writer.writerow([run.directory.relative_to(path.parent), *(getattr(run.config, name) for name in fields), run.config.seed,
+                       "complete" if run.final else "incomplete", run.last_epoch,
+                       *(final.get(name, "") for _, name, _ in METRICS)])
+
+
+def plot(path: pathlib.Path, rows: list[dict], x: str) -> None:
+  """NLL and KL against setting `x`, one line per combination of the other settings."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  nll = "iwae_nll" if all("iwae_nll" in r["metrics"] for r in rows) else "test_neg_elbo"
+  panels = [(nll, "test NLL, IWAE (nats)" if nll == "iwae_nll" else "test −ELBO (nats)"), ("test_kl", "KL (nats)")]
+  lines = {}
+  for row in rows:
+    rest = ", ".join(f"{k}={v}" for k, v in row["settings"].items() if k != x)
+    lines.setdefault(rest, []).append(row)
+  fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), constrained_layout=True)
+  for ax, (name, label) in zip(axes, panels):
+    for rest, members in lines.items():
+      members = sorted(members, key=lambda r: r["settings"][x])
+      xs = [r["settings"][x] for r in members]
+      means = [r["metrics"][name][0] for r in members]
+      stds = [np.nan_to_num(r["metrics"][name][1]) for r in members]
+      ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=rest or None)
+    ax.set_xlabel(x)
+    ax.set_ylabel(label)
+    if all(isinstance(r["settings"][x], (int, float)) and r["settings"][x] > 0 for r in rows):
+      ax.set_xscale("log")
+      ticks = sorted({r["settings"][x] for r in rows})
+      ax.set_xticks(ticks, [str(v) for v in ticks])
+      ax.minorticks_off()
+    ax.grid(alpha=0.3)
+  if any(lines):
+    axes[0].legend(fontsize=7)
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def summarize(root, x: str | None = None) -> str:
+  """Writes results.csv, results.md and (when a setting varies) results.png into `root`; returns the report."""
+  root = pathlib.Path(root)
+  if not root.is_dir():
+    raise ValueError(f"{root} is not a directory")
+  runs = find_runs(root)
+  if not runs:
+    raise ValueError(f"{root} holds no jaxvae runs (no config.json below it)")
+  fields = varying_fields(runs)
+  rows = aggregate(runs, fields)
+  write_csv(root / "results.csv", runs, fields)
+  table = markdown(rows, fields)
+  incomplete = [r for r in runs if r.final is None]
+  report = table
+  if incomplete:
+    report += f"\n{len(incomplete)} incomplete run(s), not in the table:\n" + "".join(
+        f"  {r.directory}  (epoch {r.last_epoch}/{r.config.num_epochs})\n" for r in incomplete)
+  (root / "results.md").write_text(report)
+  numeric = [f for f in fields if all(isinstance(row["settings"][f], (int, float)) for row in rows)]
+  if x is not None and x not in fields:
+    raise ValueError(f"--x={x} is not a setting that varies in this sweep; these do: {', '.join(fields) or 'none'}")
+  x = x or (numeric[0] if numeric else None)
+  (root / "results.png").unlink(missing_ok=True)  # never leave the plot of an earlier state
+  if x is not None and rows:
+    plot(root / "results.png", rows, x)
+  return report
+
+
+def main(argv):
+  if len(argv) != 2:
+    raise app.UsageError("usage: python -m experiments.summarize <sweep directory>")
+  try:
+    report = summarize(argv[1], _X.value)
+  except (ValueError, config_lib.ConfigError) as e:
+    sys.exit(f"error: {e}")
+  print(report, end="")
+  root = pathlib.Path(argv[1])
+  written = [str(root / name) for name in ("results.csv", "results.md", "results.png") if (root / name).exists()]
+  print(f"wrote {', '.join(written)}")
+
+
+if __name__ == "__main__":
+  app.run(main)

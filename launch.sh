@@ -62,9 +62,10 @@ run_one() {
   fi
   mkdir -p "$(dirname "$log")"
   rm -f "$done_file"
+  local child=""
+  trap '[[ -z "$child" ]] || kill -TERM "$child" 2>/dev/null || true' TERM INT
   PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m experiments.mnist "$@" >>"$log" 2>&1 &
-  local child=$!
-  trap 'kill -TERM "$child" 2>/dev/null || true' TERM INT
+  child=$!
   local rc=0
   wait "$child" || rc=$?
   while kill -0 "$child" 2>/dev/null; do  # wait was cut short by a signal: wait for the run to stop

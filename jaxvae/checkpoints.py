@@ -114,7 +114,10 @@ def load_model(workdir, epoch: int | None = None):
   model = config_lib.build_model(config)
   optimizer = train.make_optimizer(config)
   key = jax.random.split(jax.random.key(0), config.num_replicas) if config.num_replicas > 1 else jax.random.key(0)
-  target = jax.eval_shape(lambda k: train.create_train_state(model, optimizer, k), key)
+  # Restored replicated on this process's devices, whatever topology the run was trained on.
+  sharding = jax.sharding.NamedSharding(train.data_mesh(jax.local_devices()), jax.sharding.PartitionSpec())
+  target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+                        jax.eval_shape(lambda k: train.create_train_state(model, optimizer, k), key))
   with manager(workdir) as mngr:
     if mngr.latest_step() is None:
       raise CheckpointError(f"{workdir}: no checkpoint")

@@ -1,9 +1,11 @@
 """Scale: vmapped ensembles, the batch split over devices, and several processes agree with one run."""
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -120,3 +122,28 @@ def test_two_processes_match_one(tiny_npz, tmp_path, single):
   assert "batch split over 2 devices" in outputs[1][1]
   assert "final:" in outputs[0][0] and "final:" not in outputs[1][0]  # process 0 reports and writes
   assert_same_records(records(workdir), records(single))
+
+
+def test_sigterm_to_one_process_stops_all_after_the_same_epoch(tiny_npz, tmp_path):
+  workdir = tmp_path / "two"
+  cli = args(tiny_npz, workdir, "--num_epochs=500", f"--coordinator_address=localhost:{free_port()}",
+             "--num_processes=2")
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  procs = [subprocess.Popen([sys.executable, "-m", "experiments.mnist", *cli, f"--process_id={i}"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  metrics = workdir / "metrics.jsonl"
+  deadline = time.time() + 240
+  while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+    time.sleep(0.05)
+  procs[1].send_signal(signal.SIGTERM)
+  outputs = [p.communicate(timeout=240) for p in procs]
+  assert [p.returncode for p in procs] == [128 + signal.SIGTERM] * 2, [err[-2000:] for _, err in outputs]
+  epochs = {int(err.split("stopped after epoch ")[1].split()[0]) for _, err in outputs}
+  assert len(epochs) == 1 and epochs == {len(records(workdir))}
+  epoch = epochs.pop()
+  assert (workdir / f"checkpoints/{epoch}").is_dir()
+  assert (784, 32) in {a.shape for a in jax.tree.leaves(jaxvae.load_model(workdir)[1])}  # loads in one process
+  # ... and the run resumes in one process, on one device.
+  single = [a for a in cli if not a.startswith(("--num_processes", "--coordinator_address", "--num_epochs"))]
+  proc = run_cli(*single, f"--num_epochs={epoch + 1}")
+  assert f"epoch {epoch + 1:4d}/{epoch + 1}" in proc.stdout and records(workdir)[-1]["final"]

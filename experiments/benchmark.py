@@ -15,7 +15,6 @@ All use binarization `none` (grayscale targets), Adam 1e-3, as the PyTorch examp
 The batch is split over all devices (`jaxvae.train.data_mesh`).
 """
 
-import functools
 import time
 
 from absl import app
@@ -43,11 +42,10 @@ def compiled_epoch_runner(model, optimizer, images, batch_size, num_replicas=0):
   state = jaxvae.train.replicate(jaxvae.create_train_state(model, optimizer, keys.init), mesh)
   epoch_fn = jaxvae.make_train_epoch(model, optimizer, batch_size, "none", mesh=mesh, ensemble=ensemble)
   images = jaxvae.train.replicate(images, mesh)
-  fold = jax.vmap(jax.random.fold_in, (0, None)) if ensemble else jax.random.fold_in
 
   def run(epoch):
     nonlocal state
-    state, metrics = epoch_fn(state, images, fold(keys.data, epoch), keys.train)
+    state, metrics = epoch_fn(state, images, jaxvae.train.epoch_key(keys.data, epoch), keys.train)
     return float(np.mean(metrics["neg_elbo"]))
 
   return run

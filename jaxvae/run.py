@@ -253,8 +253,7 @@ class _Run:
     """Runs epoch `epoch`, logs and records it, writes its grids and (when due) a checkpoint."""
     config = self.config
     start = time.perf_counter()
-    fold = jax.vmap(jax.random.fold_in, (0, None)) if self.ensemble else jax.random.fold_in
-    state, metrics = self.epoch_fn(state, self.train_images, fold(self.keys.data, epoch), self.keys.train)
+    state, metrics = self.epoch_fn(state, self.train_images, train.epoch_key(self.keys.data, epoch), self.keys.train)
     metrics = jax.device_get(metrics)
     seconds = time.perf_counter() - start
     for index, replica in enumerate(self.replicas):
@@ -272,11 +271,11 @@ class _Run:
         logging.warning("%s: skipped %d non-finite updates (the first at step %d)", where,
                         int(replica_metrics["nonfinite_steps"]), step)
     for index, replica in enumerate(self.replicas):
-      replica_metrics, replica_state = self.select(metrics, index), self.select(state, index)
+      replica_metrics, (params, step) = self.select((metrics, (state.params, state.step)), index)
       record = {
-          "epoch": epoch, "step": int(replica_state.step), "train_neg_elbo": float(replica_metrics["neg_elbo"]),
+          "epoch": epoch, "step": int(step), "train_neg_elbo": float(replica_metrics["neg_elbo"]),
           "train_kl": float(replica_metrics["kl"]), "train_reconstruction": float(replica_metrics["reconstruction"]),
-          **test_elbo(self.model, replica_state.params, replica.keys.eval, self.test_x),
+          **test_elbo(self.model, params, replica.keys.eval, self.test_x),
           "images_per_sec": int(replica_metrics["num_images"]) / seconds, "epoch_seconds": seconds,
           "wall_seconds": time.perf_counter() - self.wall_start,
           "nonfinite_steps": int(replica_metrics["nonfinite_steps"]),
@@ -286,7 +285,7 @@ class _Run:
                 f"{record['images_per_sec']:8,.0f} images/s")
       if is_writer():
         append_metrics(replica.metrics_path, record)
-        write_grids(self.model, replica_state.params, replica.grid_z, self.test_x, replica.directory / "images",
+        write_grids(self.model, params, replica.grid_z, self.test_x, replica.directory / "images",
                     f"epoch_{epoch:03d}_")
     if epoch % config.checkpoint_every == 0 or epoch == config.num_epochs:
       self.save(state, epoch)
@@ -301,20 +300,20 @@ class _Run:
     config = self.config
     finals = []
     for index, replica in enumerate(self.replicas):
-      replica_state = self.select(state, index)
-      final = {"final": True, "epoch": config.num_epochs, "step": int(replica_state.step),
-               **test_elbo(self.model, replica_state.params, replica.keys.eval, self.test_x),
-               "active_units": evaluate.active_units(self.model, replica_state.params, self.test_x)}
+      params, step = self.select((state.params, state.step), index)
+      final = {"final": True, "epoch": config.num_epochs, "step": int(step),
+               **test_elbo(self.model, params, replica.keys.eval, self.test_x),
+               "active_units": evaluate.active_units(self.model, params, self.test_x)}
       if config.eval_iwae_samples:
         start = time.perf_counter()
-        bounds = evaluate.iwae_bounds(self.model, replica_state.params, replica.keys.eval, self.test_x,
+        bounds = evaluate.iwae_bounds(self.model, params, replica.keys.eval, self.test_x,
                                       config.eval_iwae_samples, config.eval_batch_size, config.iwae_chunk_size)
         final.update(iwae_nll=float(-bounds.mean()), iwae_nll_stderr=float(bounds.std(ddof=1) / np.sqrt(len(bounds))),
                      iwae_samples=config.eval_iwae_samples, iwae_seconds=time.perf_counter() - start)
       final["wall_seconds"] = time.perf_counter() - self.wall_start
       if is_writer():
         append_metrics(replica.metrics_path, final)
-        write_grids(self.model, replica_state.params, replica.grid_z, self.test_x, replica.directory)
+        write_grids(self.model, params, replica.grid_z, self.test_x, replica.directory)
       summary = (f"test -ELBO {final['test_neg_elbo']:.2f} nats, "
                  f"{final['active_units']}/{config.latent_dim} active units")
       if "iwae_nll" in final:
@@ -379,15 +378,16 @@ def train_and_evaluate(config: config_lib.Config, workdir, overwrite: bool = Fal
           print(f"{replica.directory} is complete: {json.dumps(final)}", flush=True)
       return finals if ensemble else finals[0]
     _sync("completion checked")
+    kept = [[r for r in records if not r.get("final") and r["epoch"] <= start_epoch] for records in all_records]
     if is_writer():
       workdir.mkdir(parents=True, exist_ok=True)
       (workdir / "config.json").write_text(config.to_json() + "\n")
-      for replica, records in zip(replicas, all_records):
+      for replica, records in zip(replicas, kept):
         replica.directory.mkdir(exist_ok=True)
         if ensemble:
           (replica.directory / "config.json").write_text(replica.config.to_json() + "\n")
-        write_metrics(replica.metrics_path, [r for r in records if not r.get("final") and r["epoch"] <= start_epoch])
-    records = [r for r in all_records[0] if not r.get("final") and r["epoch"] <= start_epoch]
+        write_metrics(replica.metrics_path, records)
+    records = kept[0]
     if restored is not None:
       state = restored
       logging.info("resumed from checkpoint of epoch %d (step %s)", start_epoch, np.asarray(state.step))

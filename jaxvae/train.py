@@ -59,6 +59,12 @@ class KeyStreams(NamedTuple):
     return KeyStreams(*(k[replica] for k in self))
 
 
+def epoch_key(data_key: jax.Array, epoch: int) -> jax.Array:
+  """The key of epoch `epoch` from the data stream: fold_in, per replica for a [R] stack of keys."""
+  return jax.vmap(jax.random.fold_in, (0, None))(data_key, epoch) if data_key.ndim else jax.random.fold_in(
+      data_key, epoch)
+
+
 def data_mesh(devices=None) -> jax.sharding.Mesh:
   """A 1-D mesh (axis "data") over `devices`, default all devices of all processes."""
   return jax.sharding.Mesh(np.asarray(jax.devices() if devices is None else devices), ("data",))

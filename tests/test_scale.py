@@ -110,13 +110,18 @@ def free_port():
     return s.getsockname()[1]
 
 
+def start_processes(cli, num):
+  """`num` CLI processes of one multi-process run (--process_id 0 .. num-1)."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  return [subprocess.Popen([sys.executable, "-m", "experiments.mnist", *cli, f"--process_id={i}"], cwd=ROOT, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(num)]
+
+
 def test_two_processes_match_one(tiny_npz, tmp_path, single):
   workdir = tmp_path / "two"
   cli = args(tiny_npz, workdir, EPOCHS, "--seed=1", f"--coordinator_address=localhost:{free_port()}",
              "--num_processes=2")
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  procs = [subprocess.Popen([sys.executable, "-m", "experiments.mnist", *cli, f"--process_id={i}"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  procs = start_processes(cli, 2)
   outputs = [p.communicate(timeout=300) for p in procs]
   assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outputs]
   assert "batch split over 2 devices" in outputs[1][1]
@@ -128,9 +133,7 @@ def test_sigterm_to_one_process_stops_all_after_the_same_epoch(tiny_npz, tmp_pat
   workdir = tmp_path / "two"
   cli = args(tiny_npz, workdir, "--num_epochs=500", f"--coordinator_address=localhost:{free_port()}",
              "--num_processes=2")
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  procs = [subprocess.Popen([sys.executable, "-m", "experiments.mnist", *cli, f"--process_id={i}"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  procs = start_processes(cli, 2)
   metrics = workdir / "metrics.jsonl"
   deadline = time.time() + 240
   while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):

@@ -7,6 +7,7 @@ checkpoints into --workdir (see `jaxvae.run`). Re-running the same command
 resumes from the newest checkpoint. Reload the model with
 `jaxvae.load_model(workdir)`.
 
+  python -m experiments.mnist --model=ae                 # the autoencoder baseline
   python -m experiments.mnist --num_replicas=8            # 8 seeds in one program
   python -m experiments.mnist --coordinator_address=host0:1234 --num_processes=2 --process_id=0   # on host 0
   python -m experiments.mnist --distributed               # under SLURM / on a TPU pod: auto-detected
@@ -25,6 +26,9 @@ import jaxvae
 from jaxvae import config as config_lib
 
 _D = config_lib.Config()
+_MODEL = flags.DEFINE_enum("model", _D.model, tuple(jaxvae.objectives.OBJECTIVES),
+                           "vae, or ae: the same networks as a deterministic autoencoder (z = encoder mean, "
+                           "no KL; no IWAE estimate).")
 _LATENT_DIM = flags.DEFINE_integer("latent_dim", _D.latent_dim, "Latent dimension L.")
 _HIDDEN_DIM = flags.DEFINE_integer("hidden_dim", _D.hidden_dim, "Width of each hidden layer.")
 _NUM_LAYERS = flags.DEFINE_integer("num_layers", _D.num_layers, "Hidden layers in encoder and decoder each.")
@@ -57,6 +61,8 @@ _DATA_SOURCE = flags.DEFINE_enum("data_source", _D.data_source, jaxvae.data.SOUR
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory.")
 _DATA_PATH = flags.DEFINE_string("data_path", None, "File for --data_source=npz (or a pickle for offline).")
 _TFDS_DOWNLOAD = flags.DEFINE_boolean("tfds_download", False, "Let TFDS download MNIST (needs network).")
+_EXCLUDE_DIGIT = flags.DEFINE_integer("exclude_digit", None, "Leave this digit (0-9) out of the training set; "
+                                      "the test set stays whole (anomaly detection).")
 _DISTRIBUTED = flags.DEFINE_boolean("distributed", False,
                                     "Call jax.distributed.initialize (cluster settings auto-detected unless the "
                                     "three flags below are given; giving them implies --distributed).")

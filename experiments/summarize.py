@@ -24,6 +24,7 @@ import numpy as np
 
 import jaxvae
 from jaxvae import config as config_lib
+from jaxvae import plots
 
 _X = flags.DEFINE_string("x", None, "Setting on the plot's x axis (default: the first numeric one that varies).")
 
@@ -118,10 +119,7 @@ def write_csv(path: pathlib.Path, runs: list[Run], fields: list[str]) -> None:
 
 def plot(path: pathlib.Path, rows: list[dict], x: str) -> None:
   """NLL and KL against setting `x`, one line per combination of the other settings."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-
+  plt = plots.pyplot()
   nll = "iwae_nll" if all("iwae_nll" in r["metrics"] for r in rows) else "test_neg_elbo"
   panels = [(nll, "test NLL, IWAE (nats)" if nll == "iwae_nll" else "test −ELBO (nats)"), ("test_kl", "KL (nats)")]
   lines = {}
@@ -164,6 +162,8 @@ def summarize(root, x: str | None = None) -> str:
   table = markdown(rows, fields)
   incomplete = [r for r in runs if r.final is None]
   report = table
+  if any(r.config.model == "ae" for r in runs):
+    report += "\nFor model=ae the test −ELBO column holds the reconstruction NLL −log p(x | z): an AE has no ELBO.\n"
   if incomplete:
     report += f"\n{len(incomplete)} incomplete run(s), not in the table:\n" + "".join(
         f"  {r.directory}  (epoch {r.last_epoch}/{r.config.num_epochs})\n" for r in incomplete)

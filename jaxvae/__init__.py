@@ -3,7 +3,9 @@
 Everything an experiment uses is importable from here; see README.md for a tour.
 """
 
+from jaxvae import classifier
 from jaxvae import data
+from jaxvae import latent
 from jaxvae import models
 from jaxvae import run
 from jaxvae import train
@@ -19,7 +21,27 @@ from jaxvae.distributions import (
 )
 from jaxvae.evaluate import active_units, elbo_terms, iwae_bounds, latent_means
 from jaxvae.models import ACTIVATIONS, WEIGHT_INITS, Decoder, Encoder, VAE, init_params
-from jaxvae.objectives import Elbo, batch_elbo, batch_iwae_bound, elbo, iwae_bound, log_importance_weights
+from jaxvae.latent import (
+    anomaly_scores,
+    auroc,
+    decode_means,
+    inpaint,
+    interpolate,
+    knn_classify,
+    manifold_grid,
+    nearest_neighbours,
+)
+from jaxvae.objectives import (
+    OBJECTIVES,
+    Elbo,
+    autoencoder,
+    batch_elbo,
+    batch_iwae_bound,
+    elbo,
+    iwae_bound,
+    log_importance_weights,
+    reconstruction_log_likelihood,
+)
 from jaxvae.plots import image_grid, save_image_grid
 from jaxvae.run import Interrupted, NonFiniteError, train_and_evaluate
 from jaxvae.train import (

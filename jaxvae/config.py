@@ -6,6 +6,7 @@ import pathlib
 
 from jaxvae import data as data_lib
 from jaxvae import models
+from jaxvae import objectives
 from jaxvae import train
 
 
@@ -16,6 +17,7 @@ class ConfigError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class Config:
   # Model.
+  model: str = "vae"  # "vae", or "ae": the same networks trained as a deterministic autoencoder
   latent_dim: int = 20
   hidden_dim: int = 400
   num_layers: int = 1
@@ -33,6 +35,7 @@ class Config:
   data_dir: str | None = None  # TFDS data dir
   data_path: str | None = None  # .npz (source npz) or pickle (source offline)
   tfds_download: bool = False
+  exclude_digit: int | None = None  # leave this digit out of the training set (anomaly detection)
   # Evaluation and checkpoints.
   eval_iwae_samples: int = 5000  # 0 skips the IWAE estimate
   iwae_chunk_size: int = 500  # importance samples decoded at once per example
@@ -57,7 +60,9 @@ class Config:
       raise ConfigError("data_source npz needs data_path, the .npz file to read")
     if self.eval_iwae_samples < 0:
       raise ConfigError(f"eval_iwae_samples must be >= 0, got {self.eval_iwae_samples}")
-    choices = {"activation": models.ACTIVATIONS, "weight_init": models.WEIGHT_INITS,
+    if self.exclude_digit is not None and not 0 <= self.exclude_digit < data_lib.NUM_CLASSES:
+      raise ConfigError(f"exclude_digit must be a digit 0..9, got {self.exclude_digit}")
+    choices = {"model": tuple(objectives.OBJECTIVES), "activation": models.ACTIVATIONS, "weight_init": models.WEIGHT_INITS,
                "binarization": data_lib.BINARIZATIONS, "data_source": data_lib.SOURCES,
                "nonfinite_policy": train.NONFINITE_POLICIES}
     for name, allowed in choices.items():
@@ -81,6 +86,16 @@ class Config:
     if set(values) - fields:
       raise ConfigError(f"{path}: not a jaxvae config (unknown keys {sorted(set(values) - fields)})")
     return cls(**values)
+
+  @property
+  def iwae_samples(self) -> int:
+    """Importance samples of the final test NLL: none for an autoencoder, which has no density."""
+    return self.eval_iwae_samples if self.model == "vae" else 0
+
+  @property
+  def objective(self):
+    """The per-example training objective of `model` (see `objectives.OBJECTIVES`)."""
+    return objectives.OBJECTIVES[self.model]
 
   @property
   def seeds(self) -> tuple[int, ...]:

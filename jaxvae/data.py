@@ -112,6 +112,14 @@ def validate_split(images, labels, name: str) -> Split:
   return Split(np.ascontiguousarray(images), labels.astype(np.int32))
 
 
+def without_digit(split: Split, digit: int | None) -> Split:
+  """`split` without the images of class `digit` (all of it when `digit` is None)."""
+  if digit is None:
+    return split
+  keep = split.labels != digit
+  return Split(split.images[keep], split.labels[keep])
+
+
 def fingerprint(split: Split) -> str:
   """A short sha256 of a split's images and labels: which data a checkpoint was trained on."""
   digest = hashlib.sha256(np.ascontiguousarray(split.images).tobytes())

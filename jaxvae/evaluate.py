@@ -16,9 +16,10 @@ import numpy as np
 from jaxvae import objectives
 
 
-@functools.partial(jax.jit, static_argnames=("model", "batch_size"))
-def elbo_terms(model: nn.Module, params, key: jax.Array, x_NxD: jax.Array, batch_size: int = 1000):
-  """Per-example single-sample ELBO over a data set, in one compiled call.
+@functools.partial(jax.jit, static_argnames=("model", "batch_size", "objective"))
+def elbo_terms(model: nn.Module, params, key: jax.Array, x_NxD: jax.Array, batch_size: int = 1000,
+               objective=objectives.elbo):
+  """Per-example single-sample ELBO (or another `objective`) over a data set, in one compiled call.
 
   Args:
     x_NxD: [N, D] targets in [0, 1] (e.g. `data.test_targets`).
@@ -27,7 +28,7 @@ def elbo_terms(model: nn.Module, params, key: jax.Array, x_NxD: jax.Array, batch
     `objectives.Elbo` of [N] arrays, nats per example.
   """
   keys_N = jax.random.split(key, x_NxD.shape[0])
-  one = lambda args: objectives.elbo(model, params, *args)
+  one = lambda args: objective(model, params, *args)
   return jax.lax.map(one, (keys_N, x_NxD), batch_size=batch_size)
 
 

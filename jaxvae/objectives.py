@@ -42,10 +42,39 @@ def elbo(model: nn.Module, params, key: jax.Array, x_D: jax.Array) -> Elbo:
   return Elbo(reconstruction - kl, reconstruction, kl)
 
 
-def batch_elbo(model: nn.Module, params, key: jax.Array, x_BxD: jax.Array) -> Elbo:
-  """`elbo` vmapped over a batch, with an independent key per example. Returns `Elbo` of [B]."""
+def reconstruction_log_likelihood(model: nn.Module, params, x_D: jax.Array) -> jax.Array:
+  """log p(x | z = E_q[z | x]) for ONE example: the deterministic reconstruction's fit, nats.
+
+  Minus this is the "reconstruction error" anomaly score, for a VAE and an AE alike.
+  """
+  mean_L, _ = model.apply(params, x_D, method=model.encode)
+  return distributions.bernoulli_log_likelihood(x_D, model.apply(params, mean_L, method=model.decode))
+
+
+def autoencoder(model: nn.Module, params, key: jax.Array, x_D: jax.Array) -> Elbo:
+  """The objective of the deterministic autoencoder baseline, for ONE example.
+
+  The same networks as the VAE, but z is the encoder mean (no noise: `key` is
+  unused, the log-variance outputs are ignored) and there is no KL term. `elbo`
+  here is therefore just log p(x | z = encoder(x)): it is not a bound on log p(x),
+  because an autoencoder defines no density of x.
+  """
+  del key
+  reconstruction = reconstruction_log_likelihood(model, params, x_D)
+  return Elbo(reconstruction, reconstruction, jnp.zeros_like(reconstruction))
+
+
+# What each `Config.model` trains: a per-example objective(model, params, key, x_D) -> Elbo.
+OBJECTIVES = {"vae": elbo, "ae": autoencoder}
+
+
+def batch_elbo(model: nn.Module, params, key: jax.Array, x_BxD: jax.Array, objective=elbo) -> Elbo:
+  """`objective` (default `elbo`) vmapped over a batch, an independent key per example.
+
+  Returns `Elbo` of [B].
+  """
   keys_B = jax.random.split(key, x_BxD.shape[0])
-  return jax.vmap(functools.partial(elbo, model, params))(keys_B, x_BxD)
+  return jax.vmap(functools.partial(objective, model, params))(keys_B, x_BxD)
 
 
 def log_importance_weights(

@@ -5,6 +5,9 @@
   metrics.jsonl        one JSON record per epoch, then one with `"final": true`
   samples.png          8x8 Bernoulli means of decoded z ~ N(0, I) (fixed z)
   reconstructions.png  rows of 8 test images and, below each, their reconstructions
+  latent.png           the test set's latent means coloured by digit (PCA when L > 2)
+  interpolations.png   linear and spherical paths between pairs of test digits
+  manifold.png, manifold_linear.png   (L = 2) decoded grids of z at Gaussian quantiles, on [-3, 3]
   images/epoch_NNN_{samples,reconstructions}.png   the same grids after every epoch
   checkpoints/<epoch>/ orbax checkpoints (newest two kept)
 Re-running with the same config resumes from the newest checkpoint; a config
@@ -40,6 +43,8 @@ from jaxvae import checkpoints
 from jaxvae import config as config_lib
 from jaxvae import data as data_lib
 from jaxvae import evaluate
+from jaxvae import latent
+from jaxvae import objectives
 from jaxvae import plots
 from jaxvae import train
 
@@ -82,8 +87,12 @@ class StopSignals:
       signal.signal(signum, handler)
 
 
-ARTIFACTS = ("checkpoints", "images", "metrics.jsonl", "samples.png", "reconstructions.png", "config.json")
+LATENT_PICTURES = ("latent.png", "interpolations.png", "manifold.png", "manifold_linear.png")
+ARTIFACTS = ("checkpoints", "images", "metrics.jsonl", "samples.png", "reconstructions.png", "config.json",
+             *LATENT_PICTURES)
 NUM_GRID = 64
+NUM_PATH = 10  # decoded points along each interpolation path
+NUM_MANIFOLD = 20  # the manifold pictures are NUM_MANIFOLD x NUM_MANIFOLD decoded z
 
 
 def is_writer() -> bool:
@@ -197,9 +206,50 @@ def write_grids(model, params, z_NxL, test_x_NxD, directory: pathlib.Path, prefi
   plots.save_image_grid(directory / f"{prefix}reconstructions.png", pairs.reshape(-1, originals.shape[-1]), num_cols=8)
 
 
-def test_elbo(model, params, key, test_x) -> dict:
-  """Test-set means of -ELBO, KL and reconstruction term, nats per image."""
-  terms = jax.tree.map(lambda a: float(jnp.mean(a)), evaluate.elbo_terms(model, params, key, test_x))
+def write_latent_pictures(model, params, test_x_NxD, test_labels_N, directory: pathlib.Path, title: str) -> None:
+  """latent.png, interpolations.png and (for a 2-D latent space) manifold*.png; see the module docstring."""
+  z_NxL = np.asarray(evaluate.latent_means(model, params, test_x_NxD))
+  two_d = z_NxL.shape[1] == 2
+  plots.save_latent_scatter(directory / "latent.png", [latent_scatter_panel(title, z_NxL, test_labels_N)],
+                            ("z1", "z2") if two_d else ("PC 1", "PC 2"))
+  starts, ends = interpolation_pairs(test_labels_N)
+  rows = []
+  for method in latent.INTERPOLATIONS:
+    paths_PxTxL = jax.vmap(lambda a, b: latent.interpolate(a, b, NUM_PATH, method))(z_NxL[starts], z_NxL[ends])
+    rows.append(np.asarray(latent.decode_means(model, params, paths_PxTxL)))
+  cells = []  # per pair: a row for the linear path, one for the spherical, between the two originals
+  for p, (start, end) in enumerate(zip(starts, ends)):
+    for paths_PxTxD in rows:
+      cells += [test_x_NxD[start], *paths_PxTxD[p], test_x_NxD[end]]
+  plots.save_image_grid(directory / "interpolations.png", np.asarray(cells), num_cols=NUM_PATH + 2)
+  if two_d:
+    for name, spacing in (("manifold.png", "quantile"), ("manifold_linear.png", "linear")):
+      grid = latent.decode_means(model, params, latent.manifold_grid(NUM_MANIFOLD, spacing))
+      plots.save_image_grid(directory / name, grid, num_cols=NUM_MANIFOLD, scale=1)
+
+
+def latent_scatter_panel(title: str, z_NxL, labels_N) -> tuple[str, np.ndarray, np.ndarray]:
+  """A `plots.save_latent_scatter` panel of latent means: themselves when 2-D, else their 2-D PCA."""
+  if z_NxL.shape[1] == 2:
+    return f"{title}: test set latent means", z_NxL, labels_N
+  return f"{title}: test set latent means, 2-D PCA", np.asarray(latent.pca(z_NxL)), labels_N
+
+
+def interpolation_pairs(labels_N, num_pairs: int = 6) -> tuple[np.ndarray, np.ndarray]:
+  """Indices of `num_pairs` test digits and of partners with another label: the first test
+  image of digit d and the first of digit (d + 5) mod 10, for d = 0, 1, ..."""
+  labels_N = np.asarray(labels_N)
+  first = {d: int(np.argmax(labels_N == d)) for d in np.unique(labels_N)}
+  digits = sorted(first)
+  pairs = [(first[d], first[digits[(i + len(digits) // 2) % len(digits)]]) for i, d in enumerate(digits)]
+  starts, ends = zip(*pairs[:num_pairs])
+  return np.asarray(starts), np.asarray(ends)
+
+
+def test_elbo(model, params, key, test_x, objective=objectives.elbo) -> dict:
+  """Test-set means of -ELBO (or -objective), KL and reconstruction term, nats per image."""
+  terms = jax.tree.map(lambda a: float(jnp.mean(a)), evaluate.elbo_terms(model, params, key, test_x,
+                                                                        objective=objective))
   return {"test_neg_elbo": -terms.elbo, "test_kl": terms.kl, "test_reconstruction": terms.reconstruction}
 
 
@@ -232,6 +282,7 @@ class _Run:
   replicas: list[_Replica]
   train_images: jax.Array
   test_x: jax.Array
+  test_labels: np.ndarray
   epoch_fn: Any
   mngr: Any
   data_fingerprint: str
@@ -244,6 +295,11 @@ class _Run:
   def select(self, tree, index: int):
     """Replica `index`'s part of a state or metrics tree."""
     return jax.tree.map(lambda a: a[index], tree) if self.ensemble else tree
+
+  @property
+  def loss_name(self) -> str:
+    """What the records' `*_neg_elbo` hold: -ELBO, or for an AE the reconstruction NLL -log p(x | z)."""
+    return "-ELBO" if self.config.model == "vae" else "-log p(x|z)"
 
   def _log(self, replica: _Replica, text: str) -> None:
     if is_writer():
@@ -275,13 +331,13 @@ class _Run:
       record = {
           "epoch": epoch, "step": int(step), "train_neg_elbo": float(replica_metrics["neg_elbo"]),
           "train_kl": float(replica_metrics["kl"]), "train_reconstruction": float(replica_metrics["reconstruction"]),
-          **test_elbo(self.model, params, replica.keys.eval, self.test_x),
+          **test_elbo(self.model, params, replica.keys.eval, self.test_x, config.objective),
           "images_per_sec": int(replica_metrics["num_images"]) / seconds, "epoch_seconds": seconds,
           "wall_seconds": time.perf_counter() - self.wall_start,
           "nonfinite_steps": int(replica_metrics["nonfinite_steps"]),
       }
-      self._log(replica, f"epoch {epoch:4d}/{config.num_epochs}  train -ELBO {record['train_neg_elbo']:8.2f}  "
-                f"test -ELBO {record['test_neg_elbo']:8.2f}  KL {record['test_kl']:6.2f}  "
+      self._log(replica, f"epoch {epoch:4d}/{config.num_epochs}  train {self.loss_name} "
+                f"{record['train_neg_elbo']:8.2f}  test {self.loss_name} {record['test_neg_elbo']:8.2f}  KL {record['test_kl']:6.2f}  "
                 f"{record['images_per_sec']:8,.0f} images/s")
       if is_writer():
         append_metrics(replica.metrics_path, record)
@@ -302,22 +358,24 @@ class _Run:
     for index, replica in enumerate(self.replicas):
       params, step = self.select((state.params, state.step), index)
       final = {"final": True, "epoch": config.num_epochs, "step": int(step),
-               **test_elbo(self.model, params, replica.keys.eval, self.test_x),
+               **test_elbo(self.model, params, replica.keys.eval, self.test_x, config.objective),
                "active_units": evaluate.active_units(self.model, params, self.test_x)}
-      if config.eval_iwae_samples:
+      if config.iwae_samples:
         start = time.perf_counter()
         bounds = evaluate.iwae_bounds(self.model, params, replica.keys.eval, self.test_x,
-                                      config.eval_iwae_samples, config.eval_batch_size, config.iwae_chunk_size)
+                                      config.iwae_samples, config.eval_batch_size, config.iwae_chunk_size)
         final.update(iwae_nll=float(-bounds.mean()), iwae_nll_stderr=float(bounds.std(ddof=1) / np.sqrt(len(bounds))),
-                     iwae_samples=config.eval_iwae_samples, iwae_seconds=time.perf_counter() - start)
+                     iwae_samples=config.iwae_samples, iwae_seconds=time.perf_counter() - start)
       final["wall_seconds"] = time.perf_counter() - self.wall_start
       if is_writer():
         append_metrics(replica.metrics_path, final)
         write_grids(self.model, params, replica.grid_z, self.test_x, replica.directory)
-      summary = (f"test -ELBO {final['test_neg_elbo']:.2f} nats, "
+        write_latent_pictures(self.model, params, self.test_x, self.test_labels, replica.directory,
+                              f"{config.model.upper()}, L={config.latent_dim}")
+      summary = (f"test {self.loss_name} {final['test_neg_elbo']:.2f} nats, "
                  f"{final['active_units']}/{config.latent_dim} active units")
       if "iwae_nll" in final:
-        summary += (f", IWAE NLL (k={config.eval_iwae_samples}) {final['iwae_nll']:.2f} "
+        summary += (f", IWAE NLL (k={config.iwae_samples}) {final['iwae_nll']:.2f} "
                     f"± {final['iwae_nll_stderr']:.2f}")
       self._log(replica, f"final: {summary}; artifacts in {replica.directory}")
       finals.append(final)
@@ -326,7 +384,7 @@ class _Run:
 
 def _is_complete(records: list[dict], config: config_lib.Config, epoch: int) -> bool:
   return bool(records and records[-1].get("final") and records[-1]["epoch"] == epoch == config.num_epochs
-              and records[-1].get("iwae_samples", 0) == config.eval_iwae_samples)
+              and records[-1].get("iwae_samples", 0) == config.iwae_samples)
 
 
 def train_and_evaluate(config: config_lib.Config, workdir, overwrite: bool = False) -> dict | list[dict]:
@@ -339,7 +397,8 @@ def train_and_evaluate(config: config_lib.Config, workdir, overwrite: bool = Fal
   workdir = pathlib.Path(workdir)
   check_workdir(config, workdir, overwrite)
   mnist = data_lib.load_mnist(config.data_source, config.data_dir, config.tfds_download, config.data_path)
-  num_train = len(mnist.train.labels)
+  train_split = data_lib.without_digit(mnist.train, config.exclude_digit)
+  num_train = len(train_split.labels)
   if config.batch_size > num_train:
     raise config_lib.ConfigError(f"batch_size {config.batch_size} exceeds the {num_train} training images")
   mesh = train.data_mesh()
@@ -352,7 +411,7 @@ def train_and_evaluate(config: config_lib.Config, workdir, overwrite: bool = Fal
   optimizer = train.make_optimizer(config)
   keys = train.KeyStreams.from_seeds(config.seeds) if ensemble else train.KeyStreams.from_seed(config.seed)
   state = train.replicate(train.create_train_state(model, optimizer, keys.init), mesh)
-  fingerprint = data_lib.fingerprint(mnist.train)
+  fingerprint = data_lib.fingerprint(train_split)
   _sync("inputs checked")  # no process changes the workdir before all have checked it
   if overwrite:
     if is_writer():
@@ -392,15 +451,17 @@ def train_and_evaluate(config: config_lib.Config, workdir, overwrite: bool = Fal
       state = restored
       logging.info("resumed from checkpoint of epoch %d (step %s)", start_epoch, np.asarray(state.step))
 
-    train_images = train.replicate(data_lib.prepare_train_images(mnist.train.images, config.binarization), mesh)
+    train_images = train.replicate(data_lib.prepare_train_images(train_split.images, config.binarization), mesh)
     epoch_fn = train.make_train_epoch(model, optimizer, config.batch_size, config.binarization,
-                                      config.nonfinite_policy, mesh=mesh, ensemble=ensemble)
+                                      config.nonfinite_policy, mesh=mesh, ensemble=ensemble,
+                                      objective=config.objective)
     start = time.perf_counter()
     epoch_fn = epoch_fn.lower(state, train_images, keys.data, keys.train).compile()
     logging.info("compiled the training epoch in %.1f s (batch split over %d devices)",
                  time.perf_counter() - start, mesh.size)
     run = _Run(config=config, workdir=workdir, model=model, keys=keys, replicas=replicas, train_images=train_images,
                test_x=train.replicate(data_lib.test_targets(mnist.test.images, config.binarization), mesh),
+               test_labels=mnist.test.labels,
                epoch_fn=epoch_fn, mngr=mngr, data_fingerprint=fingerprint,
                wall_start=time.perf_counter() - (records[-1]["wall_seconds"] if records else 0.0))
 

@@ -93,12 +93,17 @@ NONFINITE_POLICIES = ("stop", "skip")
 
 
 def make_train_step(
-    model: nn.Module, optimizer: optax.GradientTransformation, binarization: str, nonfinite_policy: str = "stop"
+    model: nn.Module,
+    optimizer: optax.GradientTransformation,
+    binarization: str,
+    nonfinite_policy: str = "stop",
+    objective: Callable[..., objectives.Elbo] = objectives.elbo,
 ) -> Callable[..., tuple[TrainState, dict]]:
   """Returns `step(state, images_BxD, bin_key, train_key) -> (state, metrics)` (not jitted).
 
   `images_BxD` are uint8 levels (see `data.prepare_train_images`); the loss is the
-  batch mean of -ELBO in nats per image. `metrics` holds batch means of
+  batch mean of -objective (per example, default the ELBO; see
+  `objectives.OBJECTIVES`) in nats per image. `metrics` holds batch means of
   `neg_elbo`, `reconstruction` (E_q log p(x|z)) and `kl`, and `finite`: whether
   the loss and every gradient were finite. With `nonfinite_policy="skip"` a
   non-finite step leaves params and optimizer state unchanged; with `"stop"` it
@@ -109,7 +114,7 @@ def make_train_step(
     raise ValueError(f"unknown nonfinite_policy {nonfinite_policy!r}; choose one of {', '.join(NONFINITE_POLICIES)}")
 
   def loss_fn(params, key, x_BxD):
-    terms = objectives.batch_elbo(model, params, key, x_BxD)
+    terms = objectives.batch_elbo(model, params, key, x_BxD, objective)
     return -jnp.mean(terms.elbo), terms
 
   def step(state: TrainState, images_BxD, bin_key, train_key):
@@ -149,6 +154,7 @@ def make_train_epoch(
     nonfinite_policy: str = "stop",
     mesh: jax.sharding.Mesh | None = None,
     ensemble: bool = False,
+    objective: Callable[..., objectives.Elbo] = objectives.elbo,
 ) -> Callable[..., tuple[TrainState, dict]]:
   """Returns a jitted `epoch(state, images_NxD, epoch_key, train_key) -> (state, metrics)`.
 
@@ -162,9 +168,9 @@ def make_train_epoch(
   pass state and images replicated on the mesh (`replicate`). `batch_size` must
   be a multiple of the mesh size. With `ensemble=True` the epoch is vmapped over
   a leading replica axis of `state`, `epoch_key` and `train_key` (the images are
-  shared); metrics then have that axis too.
+  shared); metrics then have that axis too. `objective` is as in `make_train_step`.
   """
-  step = make_train_step(model, optimizer, binarization, nonfinite_policy)
+  step = make_train_step(model, optimizer, binarization, nonfinite_policy, objective)
   if mesh is not None and batch_size % mesh.size:
     raise ValueError(f"batch_size {batch_size} is not a multiple of the {mesh.size} devices it is split over")
   batch_sharding = None if mesh is None else jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))

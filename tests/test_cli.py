@@ -18,9 +18,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = ["--hidden_dim=32", "--latent_dim=3", "--batch_size=64", "--eval_iwae_samples=20", "--num_epochs=2"]
 
 
-def run_cli(*args, check=True, env=None):
+def run_cli(*args, check=True, env=None, module="experiments.mnist"):
+  """Runs `python -m module args...` from the repository root; raises with its stderr if it fails."""
   env = dict(os.environ, JAX_PLATFORMS="cpu", **(env or {}))
-  proc = subprocess.run([sys.executable, "-m", "experiments.mnist", *args], cwd=ROOT, env=env,
+  proc = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=300)
   if check and proc.returncode:
     raise AssertionError(proc.stderr[-3000:])

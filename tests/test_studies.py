@@ -1,0 +1,117 @@
+"""The latent-space studies end to end on tiny data: AE runs, pictures, classifier, tables, AUROCs."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import jaxvae
+from tests.test_cli import run_cli
+
+TINY = dict(latent_dim=2, hidden_dim=32, batch_size=64, num_epochs=3, eval_iwae_samples=0, data_source="npz")
+
+
+@pytest.fixture(scope="module")
+def studies(tiny_npz, tmp_path_factory):
+  """A VAE and an AE trained with digit 3 left out, and a classifier, in one directory."""
+  root = tmp_path_factory.mktemp("studies")
+  finals = {}
+  for model in ("vae", "ae"):
+    config = jaxvae.Config(model=model, exclude_digit=3, data_path=str(tiny_npz), **TINY)
+    finals[model] = jaxvae.train_and_evaluate(config, root / "sweep" / model)
+  run_cli(f"--workdir={root / 'classifier'}", "--num_epochs=3", "--data_source=npz", f"--data_path={tiny_npz}",
+          module="experiments.classifier")
+  return root, finals
+
+
+def test_ae_run_records_its_reconstruction_and_no_iwae(studies, tiny_npz):
+  root, finals = studies
+  final = finals["ae"]
+  assert final["test_kl"] == 0.0 and "iwae_nll" not in final and "iwae_samples" not in final
+  assert final["test_neg_elbo"] == pytest.approx(-final["test_reconstruction"])
+  # Complete: the same config (IWAE on by default, but not for an AE) only reports the result.
+  config = jaxvae.Config(model="ae", exclude_digit=3, data_path=str(tiny_npz), **{**TINY, "eval_iwae_samples": 5000})
+  assert jaxvae.train_and_evaluate(config, root / "sweep" / "ae") == final
+
+
+def test_excluded_digit_is_not_trained_on(studies, tiny_npz):
+  _, finals = studies
+  mnist = jaxvae.load_mnist("npz", path=tiny_npz)
+  kept = int(np.sum(mnist.train.labels != 3))
+  assert kept < len(mnist.train.labels)
+  assert finals["vae"]["step"] == 3 * (kept // 64)  # 3 epochs of full batches of the other digits
+
+
+def test_runs_write_latent_pictures(studies):
+  root, _ = studies
+  for model in ("vae", "ae"):
+    workdir = root / "sweep" / model
+    for name in ("latent.png", "interpolations.png", "manifold.png", "manifold_linear.png"):
+      assert (workdir / name).is_file(), (model, name)
+    manifold = np.asarray(Image.open(workdir / "manifold.png"))
+    assert manifold.shape == (20 * 30 + 2, 20 * 30 + 2)  # 20 x 20 decoded digits of 28 px, 2 px borders
+    assert len(np.unique(manifold)) > 50  # pictures, not a constant fill
+    interpolations = np.asarray(Image.open(workdir / "interpolations.png"))
+    assert interpolations.shape[1] == 2 * (12 * 30 + 2)  # original, 10 path points, original; scaled x2
+
+
+def test_latent_space_study_writes_tables_and_pictures(studies, tiny_npz):
+  root, _ = studies
+  out = root / "latent_space"
+  proc = run_cli(f"--vae={root / 'sweep' / 'vae'}", f"--ae={root / 'sweep' / 'ae'}",
+                 f"--classifier={root / 'classifier'}", f"--outdir={out}", "--data_source=npz",
+                 f"--data_path={tiny_npz}", "--num_samples=200", "--num_paths=20", "--num_inpaint=40",
+                 "--inpaint_steps=20", "--inpaint_samples=50", module="experiments.latent_space")
+  assert "| VAE, z ~ N(0, I) |" in proc.stdout
+  results = json.loads((out / "results.json").read_text())
+  assert set(results["prior_samples"]) == {"VAE, z ~ N(0, I)", "AE, z ~ N(0, I)",
+                                           "AE, z ~ Gaussian fitted to its codes"}
+  for row in results["prior_samples"].values():
+    assert 0.1 <= row["mean_max_prob"] <= 1 and 0 <= row["confident"] <= 1
+  assert set(results["interpolation"]) == {f"{m}, {i}" for m in ("VAE", "AE") for i in ("linear", "spherical")}
+  assert all(v["length_ratio"] >= 1 - 1e-6 for v in results["interpolation"].values())
+  assert all(0 <= v <= 1 for v in results["knn_accuracy"].values())
+  for fills in results["inpainting"].values():
+    assert set(fills) == {"mean training image", "VAE, predictive", "VAE, optimize", "VAE, iterate", "AE, optimize",
+                         "AE, iterate"}
+  for name in ("prior_samples.png", "interpolations.png", "inpainting.png", "latent_means.png", "results.md"):
+    assert (out / name).is_file(), name
+
+
+def test_latent_space_study_refuses_swapped_models(studies, tiny_npz):
+  root, _ = studies
+  proc = run_cli(f"--vae={root / 'sweep' / 'ae'}", f"--ae={root / 'sweep' / 'vae'}",
+                 f"--classifier={root / 'classifier'}", f"--outdir={root / 'x'}", "--data_source=npz",
+                 f"--data_path={tiny_npz}", check=False, module="experiments.latent_space")
+  assert proc.returncode != 0
+  assert proc.stderr.strip().splitlines()[-1].startswith("error: --vae=") and "holds a ae run" in proc.stderr
+  assert not (root / "x").exists()
+
+
+def test_anomaly_study_reports_auroc_per_score(studies, tiny_npz):
+  root, _ = studies
+  proc = run_cli(str(root / "sweep"), "--iwae_samples=10", "--data_source=npz", f"--data_path={tiny_npz}",
+                 module="experiments.anomaly")
+  assert "| mean |" in proc.stdout
+  aurocs = json.loads((root / "sweep" / "anomaly.json").read_text())["auroc"]
+  assert set(aurocs) == {"VAE −ELBO", "VAE IWAE NLL", "VAE reconstruction", "AE reconstruction"}
+  assert all(set(per_digit) == {"3"} and 0 <= per_digit["3"][0] <= 1 for per_digit in aurocs.values())
+  assert (root / "sweep" / "anomaly.png").is_file()
+
+
+def test_classifier_is_kept_unless_overwritten(studies, tiny_npz):
+  root, _ = studies
+  before = (root / "classifier" / "metrics.json").read_text()
+  proc = run_cli(f"--workdir={root / 'classifier'}", "--data_source=npz", f"--data_path={tiny_npz}",
+                 module="experiments.classifier")
+  assert "already holds a classifier" in proc.stdout
+  assert (root / "classifier" / "metrics.json").read_text() == before
+
+
+def test_bad_exclude_digit_is_one_error_line(tmp_path, tiny_npz):
+  proc = run_cli("--exclude_digit=12", f"--workdir={tmp_path / 'run'}", "--data_source=npz",
+                 f"--data_path={tiny_npz}", check=False)
+  assert proc.returncode != 0
+  assert proc.stderr.strip().splitlines()[-1] == "error: exclude_digit must be a digit 0..9, got 12"
+  assert not (tmp_path / "run").exists()

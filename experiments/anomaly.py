@@ -9,7 +9,8 @@ scored (`jaxvae.anomaly_scores`: -ELBO, IWAE NLL and reconstruction error for a
 VAE; reconstruction error for an AE, which has no density), and the AUROC of each
 score at telling the held-out digit from the nine seen ones is computed
 (`jaxvae.auroc`). Writes anomaly.json, anomaly.md (also printed) and anomaly.png
-into the sweep directory. With several seeds per setting, AUROCs are averaged.
+into the sweep directory (replacing those of an earlier analysis). With several seeds per
+setting, AUROCs are averaged.
 """
 
 import json
@@ -81,7 +82,10 @@ def main(argv):
   except (jaxvae.ConfigError, jaxvae.DataError) as e:
     sys.exit(f"error: {e}")
   test_x = jaxvae.test_targets(mnist.test.images, runs[0].config.binarization)
-  table = score_runs(runs, test_x, mnist.test.labels, _IWAE_SAMPLES.value)
+  try:
+    table = score_runs(runs, test_x, mnist.test.labels, _IWAE_SAMPLES.value)
+  except jaxvae.CheckpointError as e:
+    sys.exit(f"error: {e}")
   digits = sorted({r.config.exclude_digit for r in runs})
   text = markdown(table, digits)
   (root / "anomaly.md").write_text(text)

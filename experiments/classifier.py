@@ -33,6 +33,8 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   jaxvae.run.quiet_library_logs()
   workdir = pathlib.Path(_WORKDIR.value)
+  if workdir.exists() and not workdir.is_dir():
+    sys.exit(f"error: {workdir} exists and is not a directory")
   if workdir.exists() and any(workdir.iterdir()):
     if not (workdir / "metrics.json").is_file():
       sys.exit(f"error: {workdir} is not empty and holds no classifier; use another --workdir")
@@ -50,7 +52,8 @@ def main(argv):
   accuracy = float(np.mean(np.asarray(probs).argmax(axis=1) == mnist.test.labels))
   metrics = {"test_accuracy": accuracy, "num_epochs": _NUM_EPOCHS.value, "seed": _SEED.value,
              **{f"test_{k}": v for k, v in classifier.recognisability(probs).items()}}
-  if workdir.exists() and _OVERWRITE.value:
+  if workdir.exists() and _OVERWRITE.value:  # the marker first: a crash now leaves no half-replaced classifier
+    (workdir / "metrics.json").unlink(missing_ok=True)
     shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
   classifier.save_classifier(workdir, params, metrics)
   print(f"test accuracy {accuracy:.4f}; saved in {workdir}")

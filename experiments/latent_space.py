@@ -5,7 +5,7 @@ r"""A VAE's latent space against a plain autoencoder's: samples, paths, neighbou
   python -m experiments.mnist --model=ae --workdir=runs/ae_L20     # AE, same networks
   python -m experiments.latent_space --vae=runs/mnist --ae=runs/ae_L20 --outdir=runs/latent_space_L20
 
-writes into --outdir:
+writes into --outdir (an empty or new directory, or an earlier study's, which it replaces):
   results.json, results.md   the four tables below
   prior_samples.png          decoded z ~ N(0, I): VAE, AE, and AE with z from a Gaussian fitted to its codes
   latent_means.png           the test set's latent means by digit (2-D PCA when L > 2), VAE | AE
@@ -88,6 +88,18 @@ def path_smoothness(images_PxTxD, probs_fn) -> dict[str, float]:
           "midpoint_confidence": float(np.asarray(probs_fn(interior)).max(axis=1).mean())}
 
 
+def check_outdir(outdir: pathlib.Path) -> pathlib.Path:
+  """Refuses an --outdir that is a file, a run's workdir, or a non-empty directory that is not an
+  earlier study (whose tables and pictures this one then replaces)."""
+  if outdir.exists() and not outdir.is_dir():
+    raise jaxvae.ConfigError(f"--outdir={outdir} exists and is not a directory")
+  if (outdir / "config.json").exists():
+    raise jaxvae.ConfigError(f"--outdir={outdir} holds a training run; use another directory")
+  if outdir.is_dir() and any(outdir.iterdir()) and not (outdir / "results.json").is_file():
+    raise jaxvae.ConfigError(f"--outdir={outdir} is not empty and holds no latent-space study; use another directory")
+  return outdir
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -101,16 +113,24 @@ def main(argv):
         raise jaxvae.ConfigError(f"--{expected}={workdir} holds a {config.model} run "
                                  f"with {config.num_replicas} replicas; expected a single {expected} run")
       models[name], configs[name] = (model, params), config
+    if configs["VAE"].binarization != configs["AE"].binarization:
+      raise jaxvae.ConfigError(f"the VAE was trained with binarization {configs['VAE'].binarization}, the AE with "
+                               f"{configs['AE'].binarization}; compare models trained on the same targets")
+    outdir = check_outdir(pathlib.Path(_OUTDIR.value))
     judge = classifier_lib.load_classifier(_CLASSIFIER.value)
     mnist = jaxvae.load_mnist(_DATA_SOURCE.value, path=_DATA_PATH.value)
+    if _KNN.value > len(mnist.train.labels):
+      raise jaxvae.ConfigError(f"--knn={_KNN.value} exceeds the {len(mnist.train.labels)} training images")
   except (jaxvae.ConfigError, jaxvae.CheckpointError, jaxvae.DataError) as e:
     sys.exit(f"error: {e}")
-  outdir = pathlib.Path(_OUTDIR.value)
   outdir.mkdir(parents=True, exist_ok=True)
   probs_fn = lambda images: classifier_lib.predict_probs(*judge, jnp.asarray(images))
+  # Both splits as the models saw them (binarized once with a fixed key, unless "none"),
+  # so that training and test codes, and pixels, compare like with like.
   binarization = configs["VAE"].binarization
   test_x = jaxvae.test_targets(mnist.test.images, binarization)
-  train_x = jaxvae.data.to_unit_interval(jnp.asarray(mnist.train.images))
+  train_x = jaxvae.test_targets(mnist.train.images, binarization)
+  train_gray = jaxvae.data.to_unit_interval(jnp.asarray(mnist.train.images))
   keys = dict(zip(("samples", "pairs", "masks", "inpaint"), jax.random.split(jax.random.key(_SEED.value), 4)))
   codes = {name: {"train": np.asarray(jaxvae.latent_means(m, p, train_x)),
                   "test": np.asarray(jaxvae.latent_means(m, p, test_x))} for name, (m, p) in models.items()}
@@ -119,7 +139,8 @@ def main(argv):
       jaxvae.run.latent_scatter_panel(f"{name}, L={configs[name].latent_dim}", c["test"], mnist.test.labels)
       for name, c in codes.items()], ("z1", "z2") if two_d else ("PC 1", "PC 2"))
   results = {"vae": _VAE.value, "ae": _AE.value, "latent_dim": {n: c.latent_dim for n, c in configs.items()},
-             "test_images": classifier_lib.recognisability(probs_fn(test_x))}
+             "test_images": classifier_lib.recognisability(probs_fn(jaxvae.data.to_unit_interval(
+                 jnp.asarray(mnist.test.images))))}
 
   # (1) Prior samples.
   results["prior_samples"], sample_pictures = prior_sample_study(
@@ -148,14 +169,13 @@ def main(argv):
     predicted = latent.knn_classify(c["train"], mnist.train.labels, c["test"], _KNN.value)
     results["knn_accuracy"][f"{name} latent means ({configs[name].latent_dim}-D)"] = float(
         np.mean(np.asarray(predicted) == mnist.test.labels))
-  predicted = latent.knn_classify(train_x, mnist.train.labels, jaxvae.data.to_unit_interval(
-      jnp.asarray(mnist.test.images)), _KNN.value)
-  results["knn_accuracy"]["pixels (784-D, grayscale)"] = float(np.mean(np.asarray(predicted) == mnist.test.labels))
+  predicted = latent.knn_classify(train_x, mnist.train.labels, test_x, _KNN.value)
+  results["knn_accuracy"]["pixels (784-D)"] = float(np.mean(np.asarray(predicted) == mnist.test.labels))
 
   # (4) Inpainting of binarized test digits.
   n = min(_NUM_INPAINT.value, len(test_x))
   x = jnp.asarray(test_x[:n])
-  mean_image = jnp.broadcast_to(jnp.mean(train_x, axis=0), x.shape)
+  mean_image = jnp.broadcast_to(jnp.mean(train_gray, axis=0), x.shape)  # the expected binarized pixel
   masks = {"lower half": latent.lower_half_mask(n), "random 12x12 block": latent.random_block_mask(keys["masks"], n)}
   results["inpainting"], inpaint_pictures = {}, []
   for mask_name, observed in masks.items():
@@ -189,7 +209,7 @@ def markdown(results: dict) -> str:
   """The four tables of `results` as Markdown."""
   lines = [f"VAE: `{results['vae']}`, AE: `{results['ae']}`", "",
            "| decoded z | mean max-prob | share > 0.9 | class entropy (nats) |", "|---|---|---|---|"]
-  rows = {"test images (reference)": results["test_images"], **results["prior_samples"]}
+  rows = {"test images (grayscale, reference)": results["test_images"], **results["prior_samples"]}
   lines += [f"| {k} | {v['mean_max_prob']:.3f} | {v['confident']:.3f} | {v['class_entropy']:.2f} |"
             for k, v in rows.items()]
   lines += ["", "| path | length / direct distance | largest step share | midpoint confidence |", "|---|---|---|---|"]

@@ -122,6 +122,8 @@ def plot(path: pathlib.Path, rows: list[dict], x: str) -> None:
   plt = plots.pyplot()
   nll = "iwae_nll" if all("iwae_nll" in r["metrics"] for r in rows) else "test_neg_elbo"
   panels = [(nll, "test NLL, IWAE (nats)" if nll == "iwae_nll" else "test −ELBO (nats)"), ("test_kl", "KL (nats)")]
+  if any(r["settings"].get("model") == "ae" for r in rows):
+    panels[0] = (nll, "test −ELBO; AE: −log p(x | z) (nats)")
   lines = {}
   for row in rows:
     rest = ", ".join(f"{k}={v}" for k, v in row["settings"].items() if k != x)

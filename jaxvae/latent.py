@@ -13,7 +13,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.scipy import stats
-from scipy import stats as scipy_stats
 
 from jaxvae import distributions
 from jaxvae import evaluate
@@ -37,24 +36,25 @@ def interpolate(z0_L: jax.Array, z1_L: jax.Array, num: int, method: str = "linea
   concentrate near sqrt(L)). "spherical": the direction moves along the great
   circle between z0/|z0| and z1/|z1| at constant angular speed while the norm
   goes linearly from |z0| to |z1|, so the path never cuts through the low-norm
-  interior. Parallel endpoints fall back to the linear direction.
+  interior. Where the great circle is undefined (endpoints pointing the same or
+  opposite ways, or one at the origin) the spherical path is the linear one.
   """
   if method not in INTERPOLATIONS:
     raise ValueError(f"unknown interpolation {method!r}; choose one of {', '.join(INTERPOLATIONS)}")
   t_T = jnp.linspace(0.0, 1.0, num)[:, None]
+  linear_TxL = z0_L + t_T * (z1_L - z0_L)
   if method == "linear":
-    return z0_L + t_T * (z1_L - z0_L)
+    return linear_TxL
   norm0, norm1 = jnp.linalg.norm(z0_L), jnp.linalg.norm(z1_L)
-  u0_L, u1_L = z0_L / norm0, z1_L / norm1
+  tiny = 1e-6
+  u0_L, u1_L = z0_L / jnp.maximum(norm0, tiny), z1_L / jnp.maximum(norm1, tiny)
   omega = jnp.arccos(jnp.clip(jnp.dot(u0_L, u1_L), -1.0, 1.0))
-  sin_omega = jnp.sin(omega)
-  parallel = sin_omega < 1e-6
-  safe_sin = jnp.where(parallel, 1.0, sin_omega)
-  w0_T = jnp.where(parallel, 1.0 - t_T, jnp.sin((1.0 - t_T) * omega) / safe_sin)
-  w1_T = jnp.where(parallel, t_T, jnp.sin(t_T * omega) / safe_sin)
-  direction_TxL = w0_T * u0_L + w1_T * u1_L
-  direction_TxL /= jnp.linalg.norm(direction_TxL, axis=-1, keepdims=True)
-  return ((1.0 - t_T) * norm0 + t_T * norm1) * direction_TxL
+  # Within 0.06 degrees of (anti)parallel, or an endpoint at the origin: no great circle.
+  degenerate = (jnp.abs(jnp.sin(omega)) < 1e-3) | (jnp.minimum(norm0, norm1) < tiny)
+  safe_sin = jnp.where(degenerate, 1.0, jnp.sin(omega))
+  direction_TxL = (jnp.sin((1.0 - t_T) * omega) * u0_L + jnp.sin(t_T * omega) * u1_L) / safe_sin
+  direction_TxL /= jnp.maximum(jnp.linalg.norm(direction_TxL, axis=-1, keepdims=True), tiny)
+  return jnp.where(degenerate, linear_TxL, ((1.0 - t_T) * norm0 + t_T * norm1) * direction_TxL)
 
 
 def grid_coordinates(num: int, spacing: str = "quantile", span: tuple[float, float] | None = None) -> jax.Array:
@@ -117,6 +117,10 @@ def knn_classify(train_z_NxL, train_labels_N, test_z_QxL, k: int = 5, num_classe
   return jnp.take_along_axis(labels_QxK, jnp.argmax(in_tie_QxK, axis=1, keepdims=True), axis=1)[:, 0]
 
 
+_reconstruction_log_likelihoods = jax.jit(jax.vmap(objectives.reconstruction_log_likelihood, (None, None, 0)),
+                                          static_argnums=0)
+
+
 def anomaly_scores(model: nn.Module, params, key: jax.Array, x_NxD, model_type: str = "vae",
                    iwae_samples: int = 100, batch_size: int = 100) -> dict[str, np.ndarray]:
   """Per-example anomaly scores in nats (higher = more anomalous), float64 [N] each.
@@ -126,8 +130,9 @@ def anomaly_scores(model: nn.Module, params, key: jax.Array, x_NxD, model_type: 
   with `iwae_samples` importance samples; 0 leaves it out). An autoencoder defines
   no density, so it has only the reconstruction score.
   """
-  recon = jax.jit(jax.vmap(objectives.reconstruction_log_likelihood, (None, None, 0)), static_argnums=0)
-  scores = {"reconstruction": -np.asarray(recon(model, params, x_NxD), np.float64)}
+  if model_type not in objectives.OBJECTIVES:
+    raise ValueError(f"unknown model type {model_type!r}; choose one of {', '.join(objectives.OBJECTIVES)}")
+  scores = {"reconstruction": -np.asarray(_reconstruction_log_likelihoods(model, params, x_NxD), np.float64)}
   if model_type == "ae":
     return scores
   elbo_key, iwae_key = jax.random.split(key)
@@ -145,10 +150,14 @@ def auroc(scores_N, positives_N) -> float:
   than a random negative, ties counting one half. 1 = perfect, 0.5 = chance.
   """
   scores_N, positives_N = np.asarray(scores_N, np.float64), np.asarray(positives_N, bool)
+  if not np.all(np.isfinite(scores_N)):
+    raise ValueError(f"AUROC of non-finite scores ({np.sum(~np.isfinite(scores_N))} NaN or Inf)")
   num_pos, num_neg = int(positives_N.sum()), int((~positives_N).sum())
   if num_pos == 0 or num_neg == 0:
     raise ValueError(f"AUROC needs positives and negatives; got {num_pos} and {num_neg}")
-  ranks = scipy_stats.rankdata(scores_N)  # ties get their average rank
+  # 1-based ranks, ties sharing their average rank.
+  _, group_N, counts = np.unique(scores_N, return_inverse=True, return_counts=True)
+  ranks = (np.cumsum(counts) - (counts - 1) / 2.0)[group_N]
   return float((ranks[positives_N].sum() - num_pos * (num_pos + 1) / 2) / (num_pos * num_neg))
 
 
@@ -184,8 +193,9 @@ def inpaint(model: nn.Module, params, x_NxD: jax.Array, observed_NxD: jax.Array,
     raise ValueError(f"unknown inpainting method {method!r}; choose one of {', '.join(INPAINT_METHODS)}")
   if method == "predictive" and (key is None or not prior):
     raise ValueError("inpainting method 'predictive' needs a key and the prior (a VAE)")
-  return _inpaint(model, params, jnp.asarray(x_NxD, jnp.float32), jnp.asarray(observed_NxD, bool), method,
-                  num_steps, learning_rate, prior, key, num_samples)
+  observed_NxD = jnp.asarray(observed_NxD, bool)
+  x_NxD = jnp.where(observed_NxD, jnp.asarray(x_NxD, jnp.float32), 0.0)  # hidden pixels may hold anything, NaN too
+  return _inpaint(model, params, x_NxD, observed_NxD, method, num_steps, learning_rate, prior, key, num_samples)
 
 
 PROPOSAL_WIDENING = 1.5  # proposal scales over the Laplace approximation's: heavier tails than the posterior

@@ -206,25 +206,34 @@ def write_grids(model, params, z_NxL, test_x_NxD, directory: pathlib.Path, prefi
   plots.save_image_grid(directory / f"{prefix}reconstructions.png", pairs.reshape(-1, originals.shape[-1]), num_cols=8)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _latent_picture_arrays(model, params, x_NxD, starts_P, ends_P):
+  """Latent means [N, L], decoded paths [methods, P, NUM_PATH, D], manifold grids [spacings, M*M, D] (L = 2)."""
+  z_NxL = evaluate.latent_means(model, params, x_NxD)
+  paths = jnp.stack([jax.vmap(lambda a, b, m=m: latent.interpolate(a, b, NUM_PATH, m))(z_NxL[starts_P], z_NxL[ends_P])
+                     for m in latent.INTERPOLATIONS])
+  grids = None
+  if model.latent_dim == 2:
+    grids = jnp.stack([latent.manifold_grid(NUM_MANIFOLD, spacing) for spacing in latent.GRID_SPACINGS])
+    grids = latent.decode_means(model, params, grids)
+  return z_NxL, latent.decode_means(model, params, paths), grids
+
+
 def write_latent_pictures(model, params, test_x_NxD, test_labels_N, directory: pathlib.Path, title: str) -> None:
   """latent.png, interpolations.png and (for a 2-D latent space) manifold*.png; see the module docstring."""
-  z_NxL = np.asarray(evaluate.latent_means(model, params, test_x_NxD))
+  test_x_NxD = np.asarray(test_x_NxD)
+  starts, ends = interpolation_pairs(test_labels_N)
+  z_NxL, paths_MxPxTxD, grids = jax.device_get(_latent_picture_arrays(model, params, test_x_NxD, starts, ends))
   two_d = z_NxL.shape[1] == 2
   plots.save_latent_scatter(directory / "latent.png", [latent_scatter_panel(title, z_NxL, test_labels_N)],
                             ("z1", "z2") if two_d else ("PC 1", "PC 2"))
-  starts, ends = interpolation_pairs(test_labels_N)
-  rows = []
-  for method in latent.INTERPOLATIONS:
-    paths_PxTxL = jax.vmap(lambda a, b: latent.interpolate(a, b, NUM_PATH, method))(z_NxL[starts], z_NxL[ends])
-    rows.append(np.asarray(latent.decode_means(model, params, paths_PxTxL)))
   cells = []  # per pair: a row for the linear path, one for the spherical, between the two originals
   for p, (start, end) in enumerate(zip(starts, ends)):
-    for paths_PxTxD in rows:
+    for paths_PxTxD in paths_MxPxTxD:
       cells += [test_x_NxD[start], *paths_PxTxD[p], test_x_NxD[end]]
   plots.save_image_grid(directory / "interpolations.png", np.asarray(cells), num_cols=NUM_PATH + 2)
   if two_d:
-    for name, spacing in (("manifold.png", "quantile"), ("manifold_linear.png", "linear")):
-      grid = latent.decode_means(model, params, latent.manifold_grid(NUM_MANIFOLD, spacing))
+    for name, grid in zip(("manifold.png", "manifold_linear.png"), grids):
       plots.save_image_grid(directory / name, grid, num_cols=NUM_MANIFOLD, scale=1)
 
 
@@ -281,7 +290,8 @@ class _Run:
   keys: train.KeyStreams  # for an ensemble, every stream is a [R] stack
   replicas: list[_Replica]
   train_images: jax.Array
-  test_x: jax.Array
+  test_x: jax.Array  # replicated on the mesh, for the evaluations every process runs
+  test_x_host: np.ndarray  # the same on the host, for the pictures process 0 draws alone
   test_labels: np.ndarray
   epoch_fn: Any
   mngr: Any
@@ -341,8 +351,8 @@ class _Run:
                 f"{record['images_per_sec']:8,.0f} images/s")
       if is_writer():
         append_metrics(replica.metrics_path, record)
-        write_grids(self.model, params, replica.grid_z, self.test_x, replica.directory / "images",
-                    f"epoch_{epoch:03d}_")
+        write_grids(self.model, jax.device_get(params), replica.grid_z, self.test_x_host,
+                    replica.directory / "images", f"epoch_{epoch:03d}_")
     if epoch % config.checkpoint_every == 0 or epoch == config.num_epochs:
       self.save(state, epoch)
     return state
@@ -367,11 +377,12 @@ class _Run:
         final.update(iwae_nll=float(-bounds.mean()), iwae_nll_stderr=float(bounds.std(ddof=1) / np.sqrt(len(bounds))),
                      iwae_samples=config.iwae_samples, iwae_seconds=time.perf_counter() - start)
       final["wall_seconds"] = time.perf_counter() - self.wall_start
-      if is_writer():
-        append_metrics(replica.metrics_path, final)
-        write_grids(self.model, params, replica.grid_z, self.test_x, replica.directory)
-        write_latent_pictures(self.model, params, self.test_x, self.test_labels, replica.directory,
+      if is_writer():  # pictures first: the final record marks the run complete
+        local_params = jax.device_get(params)
+        write_grids(self.model, local_params, replica.grid_z, self.test_x_host, replica.directory)
+        write_latent_pictures(self.model, local_params, self.test_x_host, self.test_labels, replica.directory,
                               f"{config.model.upper()}, L={config.latent_dim}")
+        append_metrics(replica.metrics_path, final)
       summary = (f"test {self.loss_name} {final['test_neg_elbo']:.2f} nats, "
                  f"{final['active_units']}/{config.latent_dim} active units")
       if "iwae_nll" in final:
@@ -452,6 +463,7 @@ def train_and_evaluate(config: config_lib.Config, workdir, overwrite: bool = Fal
       logging.info("resumed from checkpoint of epoch %d (step %s)", start_epoch, np.asarray(state.step))
 
     train_images = train.replicate(data_lib.prepare_train_images(train_split.images, config.binarization), mesh)
+    test_x_host = data_lib.test_targets(mnist.test.images, config.binarization)
     epoch_fn = train.make_train_epoch(model, optimizer, config.batch_size, config.binarization,
                                       config.nonfinite_policy, mesh=mesh, ensemble=ensemble,
                                       objective=config.objective)
@@ -460,8 +472,7 @@ def train_and_evaluate(config: config_lib.Config, workdir, overwrite: bool = Fal
     logging.info("compiled the training epoch in %.1f s (batch split over %d devices)",
                  time.perf_counter() - start, mesh.size)
     run = _Run(config=config, workdir=workdir, model=model, keys=keys, replicas=replicas, train_images=train_images,
-               test_x=train.replicate(data_lib.test_targets(mnist.test.images, config.binarization), mesh),
-               test_labels=mnist.test.labels,
+               test_x=train.replicate(test_x_host, mesh), test_x_host=test_x_host, test_labels=mnist.test.labels,
                epoch_fn=epoch_fn, mngr=mngr, data_fingerprint=fingerprint,
                wall_start=time.perf_counter() - (records[-1]["wall_seconds"] if records else 0.0))
 

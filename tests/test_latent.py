@@ -65,10 +65,14 @@ def test_spherical_interpolation_keeps_the_norm_profile_and_turns_evenly():
   np.testing.assert_allclose(path[:, 2], 0.0, atol=1e-6)  # stays in the plane of the endpoints
 
 
-def test_spherical_interpolation_of_parallel_points_is_finite():
+@pytest.mark.parametrize("factor", [3.0, -2.0, 0.0])  # same direction, opposite, the origin
+def test_spherical_interpolation_without_a_great_circle_is_the_linear_path(factor):
   z0 = jnp.array([1.0, 2.0])
-  path = latent.interpolate(z0, 3.0 * z0, 4, "spherical")
-  np.testing.assert_allclose(path, latent.interpolate(z0, 3.0 * z0, 4, "linear"), atol=1e-5)
+  path = latent.interpolate(z0, factor * z0, 5, "spherical")
+  assert np.all(np.isfinite(path))
+  np.testing.assert_allclose(path, latent.interpolate(z0, factor * z0, 5, "linear"), atol=1e-5)
+  np.testing.assert_allclose(latent.interpolate(0.0 * z0, z0, 5, "spherical"), latent.interpolate(0.0 * z0, z0, 5),
+                             atol=1e-6)
 
 
 def test_interpolation_rejects_unknown_method():
@@ -145,6 +149,8 @@ def test_auroc_is_the_probability_a_positive_outscores_a_negative():
   assert latent.auroc(scores, positives) == pytest.approx(expected, abs=1e-12)
   with pytest.raises(ValueError, match="positives and negatives"):
     latent.auroc(scores, np.zeros(200, bool))
+  with pytest.raises(ValueError, match="non-finite scores"):
+    latent.auroc(np.where(positives, np.nan, scores), positives)
 
 
 def test_anomaly_scores_per_model(vae):
@@ -157,6 +163,8 @@ def test_anomaly_scores_per_model(vae):
   assert scores["iwae_nll"].mean() < scores["neg_elbo"].mean()  # the tighter bound
   ae_scores = latent.anomaly_scores(model, params, jax.random.key(0), x, "ae")
   assert set(ae_scores) == {"reconstruction"}
+  with pytest.raises(ValueError, match="unknown model type 'vea'"):
+    latent.anomaly_scores(model, params, jax.random.key(0), x, "vea")
 
 
 # Inpainting.
@@ -181,10 +189,11 @@ def test_inpainting_leaves_known_pixels_untouched_and_beats_a_coin(vae, method):
   assert filled.shape == x.shape
   np.testing.assert_array_equal(np.asarray(filled)[observed], np.asarray(x)[observed])
   assert np.all((filled >= 0) & (filled <= 1))
-  # The hidden pixels were never read: changing them changes nothing.
-  scrambled = jnp.where(observed, x, 1.0 - x)
-  np.testing.assert_allclose(latent.inpaint(model, params, scrambled, observed, method, **kwargs), filled,
-                             atol=1e-6)
+  # The hidden pixels were never read: changing them, even to NaN, changes nothing.
+  for placeholder in (1.0 - x, jnp.nan):
+    scrambled = jnp.where(observed, x, placeholder)
+    np.testing.assert_allclose(latent.inpaint(model, params, scrambled, observed, method, **kwargs), filled,
+                               atol=1e-6)
   nats = -float(latent.masked_log_likelihood(x, filled, observed))
   assert nats < np.log(2)  # better than filling every hidden pixel with 0.5
 

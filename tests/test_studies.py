@@ -1,7 +1,9 @@
 """The latent-space studies end to end on tiny data: AE runs, pictures, classifier, tables, AUROCs."""
 
 import json
+import shutil
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -36,11 +38,29 @@ def test_ae_run_records_its_reconstruction_and_no_iwae(studies, tiny_npz):
 
 
 def test_excluded_digit_is_not_trained_on(studies, tiny_npz):
-  _, finals = studies
+  root, finals = studies
   mnist = jaxvae.load_mnist("npz", path=tiny_npz)
   kept = int(np.sum(mnist.train.labels != 3))
   assert kept < len(mnist.train.labels)
   assert finals["vae"]["step"] == 3 * (kept // 64)  # 3 epochs of full batches of the other digits
+  # The checkpoint records the training set without the 3s.
+  config = jaxvae.Config(exclude_digit=3, data_path=str(tiny_npz), **TINY)
+  target = jaxvae.create_train_state(jaxvae.build_model(config), jaxvae.make_optimizer(config), jax.random.key(0))
+  with jaxvae.checkpoints.manager(root / "sweep" / "vae") as mngr:
+    with pytest.raises(jaxvae.CheckpointError, match="trained on other data"):
+      jaxvae.checkpoints.restore(mngr, target, data_fingerprint=jaxvae.data.fingerprint(mnist.train))
+    jaxvae.checkpoints.restore(mngr, target, data_fingerprint=jaxvae.data.fingerprint(
+        jaxvae.data.without_digit(mnist.train, 3)))
+
+
+def test_ensemble_of_autoencoders_writes_each_replicas_pictures(tiny_npz, tmp_path):
+  config = jaxvae.Config(model="ae", num_replicas=2, exclude_digit=5, data_path=str(tiny_npz),
+                         **{**TINY, "num_epochs": 1})
+  finals = jaxvae.train_and_evaluate(config, tmp_path / "ens")
+  assert len(finals) == 2 and all("iwae_nll" not in f and f["test_kl"] == 0.0 for f in finals)
+  for seed in (0, 1):
+    for name in ("latent.png", "interpolations.png", "manifold.png", "samples.png"):
+      assert (tmp_path / "ens" / f"seed={seed}" / name).is_file(), (seed, name)
 
 
 def test_runs_write_latent_pictures(studies):
@@ -79,14 +99,26 @@ def test_latent_space_study_writes_tables_and_pictures(studies, tiny_npz):
     assert (out / name).is_file(), name
 
 
-def test_latent_space_study_refuses_swapped_models(studies, tiny_npz):
+@pytest.mark.parametrize("problem", ["swapped models", "outdir is a run", "outdir holds other files"])
+def test_latent_space_study_refuses_bad_input(studies, tiny_npz, tmp_path, problem):
   root, _ = studies
-  proc = run_cli(f"--vae={root / 'sweep' / 'ae'}", f"--ae={root / 'sweep' / 'vae'}",
-                 f"--classifier={root / 'classifier'}", f"--outdir={root / 'x'}", "--data_source=npz",
-                 f"--data_path={tiny_npz}", check=False, module="experiments.latent_space")
+  vae, ae, outdir = root / "sweep" / "vae", root / "sweep" / "ae", tmp_path / "out"
+  if problem == "swapped models":
+    vae, ae = ae, vae
+    expected = f"error: --vae={vae} holds a ae run"
+  elif problem == "outdir is a run":
+    outdir = vae
+    expected = f"error: --outdir={outdir} holds a training run"
+  else:
+    outdir.mkdir()
+    (outdir / "notes.txt").write_text("mine")
+    expected = f"error: --outdir={outdir} is not empty and holds no latent-space study"
+  before = sorted(p.name for p in outdir.iterdir()) if outdir.exists() else None
+  proc = run_cli(f"--vae={vae}", f"--ae={ae}", f"--classifier={root / 'classifier'}", f"--outdir={outdir}",
+                 "--data_source=npz", f"--data_path={tiny_npz}", check=False, module="experiments.latent_space")
   assert proc.returncode != 0
-  assert proc.stderr.strip().splitlines()[-1].startswith("error: --vae=") and "holds a ae run" in proc.stderr
-  assert not (root / "x").exists()
+  assert proc.stderr.strip().splitlines()[-1].startswith(expected)
+  assert (sorted(p.name for p in outdir.iterdir()) if outdir.exists() else None) == before
 
 
 def test_anomaly_study_reports_auroc_per_score(studies, tiny_npz):
@@ -100,13 +132,25 @@ def test_anomaly_study_reports_auroc_per_score(studies, tiny_npz):
   assert (root / "sweep" / "anomaly.png").is_file()
 
 
-def test_classifier_is_kept_unless_overwritten(studies, tiny_npz):
+def test_classifier_is_kept_unless_overwritten(studies, tiny_npz, tmp_path):
   root, _ = studies
-  before = (root / "classifier" / "metrics.json").read_text()
-  proc = run_cli(f"--workdir={root / 'classifier'}", "--data_source=npz", f"--data_path={tiny_npz}",
+  workdir = tmp_path / "classifier"
+  shutil.copytree(root / "classifier", workdir)
+  before = (workdir / "metrics.json").read_text()
+  proc = run_cli(f"--workdir={workdir}", "--data_source=npz", f"--data_path={tiny_npz}",
                  module="experiments.classifier")
   assert "already holds a classifier" in proc.stdout
-  assert (root / "classifier" / "metrics.json").read_text() == before
+  assert (workdir / "metrics.json").read_text() == before
+  run_cli(f"--workdir={workdir}", "--num_epochs=1", "--overwrite", "--data_source=npz", f"--data_path={tiny_npz}",
+          module="experiments.classifier")
+  assert json.loads((workdir / "metrics.json").read_text())["num_epochs"] == 1
+  jaxvae.classifier.load_classifier(workdir)
+  (tmp_path / "notes").mkdir()
+  (tmp_path / "notes" / "todo.txt").write_text("mine")
+  proc = run_cli(f"--workdir={tmp_path / 'notes'}", "--data_source=npz", f"--data_path={tiny_npz}", check=False,
+                 module="experiments.classifier")
+  assert proc.returncode != 0 and "holds no classifier" in proc.stderr.strip().splitlines()[-1]
+  assert (tmp_path / "notes" / "todo.txt").read_text() == "mine"
 
 
 def test_bad_exclude_digit_is_one_error_line(tmp_path, tiny_npz):

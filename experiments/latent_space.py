@@ -88,18 +88,6 @@ def path_smoothness(images_PxTxD, probs_fn) -> dict[str, float]:
           "midpoint_confidence": float(np.asarray(probs_fn(interior)).max(axis=1).mean())}
 
 
-def check_outdir(outdir: pathlib.Path) -> pathlib.Path:
-  """Refuses an --outdir that is a file, a run's workdir, or a non-empty directory that is not an
-  earlier study (whose tables and pictures this one then replaces)."""
-  if outdir.exists() and not outdir.is_dir():
-    raise jaxvae.ConfigError(f"--outdir={outdir} exists and is not a directory")
-  if (outdir / "config.json").exists():
-    raise jaxvae.ConfigError(f"--outdir={outdir} holds a training run; use another directory")
-  if outdir.is_dir() and any(outdir.iterdir()) and not (outdir / "results.json").is_file():
-    raise jaxvae.ConfigError(f"--outdir={outdir} is not empty and holds no latent-space study; use another directory")
-  return outdir
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -116,7 +104,7 @@ def main(argv):
     if configs["VAE"].binarization != configs["AE"].binarization:
       raise jaxvae.ConfigError(f"the VAE was trained with binarization {configs['VAE'].binarization}, the AE with "
                                f"{configs['AE'].binarization}; compare models trained on the same targets")
-    outdir = check_outdir(pathlib.Path(_OUTDIR.value))
+    outdir = jaxvae.run.check_study_dir(pathlib.Path(_OUTDIR.value), "latent-space study")
     judge = classifier_lib.load_classifier(_CLASSIFIER.value)
     mnist = jaxvae.load_mnist(_DATA_SOURCE.value, path=_DATA_PATH.value)
     if _KNN.value > len(mnist.train.labels):

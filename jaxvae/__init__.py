@@ -4,6 +4,7 @@ Everything an experiment uses is importable from here; see README.md for a tour.
 """
 
 from jaxvae import classifier
+from jaxvae import conditional
 from jaxvae import data
 from jaxvae import latent
 from jaxvae import models
@@ -19,7 +20,15 @@ from jaxvae.distributions import (
     reparameterize,
     standard_normal_log_density,
 )
-from jaxvae.evaluate import active_units, elbo_terms, iwae_bounds, latent_means
+from jaxvae.conditional import (
+    M2,
+    ConditionalVAE,
+    conditional_elbo,
+    labelled_bound,
+    m2_loss,
+    unlabelled_bound,
+)
+from jaxvae.evaluate import active_units, elbo_terms, iwae_bounds, latent_means, posteriors
 from jaxvae.models import ACTIVATIONS, WEIGHT_INITS, Decoder, Encoder, VAE, init_params
 from jaxvae.latent import (
     anomaly_scores,
@@ -49,6 +58,7 @@ from jaxvae.train import (
     TrainState,
     create_train_state,
     make_optimizer,
+    make_scan_epoch,
     make_train_epoch,
     make_train_step,
 )

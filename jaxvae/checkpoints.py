@@ -123,3 +123,23 @@ def load_model(workdir, epoch: int | None = None):
       raise CheckpointError(f"{workdir}: no checkpoint")
     state, _ = restore(mngr, target, epoch)
   return model, state.params, config
+
+
+def save_params(workdir, params) -> None:
+  """Writes `params` alone as the checkpoint `<workdir>/checkpoints/0` (models trained outside
+  `run.train_and_evaluate`: the judging classifier, the CVAE, M2)."""
+  state = train.TrainState(np.zeros((), np.int32), params, ())
+  with manager(workdir, max_to_keep=1) as mngr:
+    save(mngr, state, 0)
+
+
+def load_params(workdir, abstract_params):
+  """Params saved by `save_params`, restored into the structure of `abstract_params` (e.g. from
+  `jax.eval_shape` of the model's init). `CheckpointError` when absent or not of that shape."""
+  target = train.TrainState(jax.ShapeDtypeStruct((), np.int32), abstract_params, ())
+  target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype), target)
+  with manager(workdir, max_to_keep=1) as mngr:
+    state, _ = restore(mngr, target)
+  if state is None:
+    raise CheckpointError(f"{workdir}: no checkpoint")
+  return state.params

@@ -33,24 +33,14 @@ class Classifier(nn.Module):
 
 
 def make_epoch(model: Classifier, optimizer: optax.GradientTransformation, batch_size: int):
-  """A jitted `epoch(state, x_NxD, labels_N, key) -> (state, mean loss)`: one shuffled pass, one call."""
+  """A jitted `epoch(state, (x_NxD, labels_N), key) -> (state, {"loss": mean cross-entropy})`."""
 
-  def loss_fn(params, x_BxD, labels_B):
-    logits = model.apply(params, x_BxD)
-    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels_B))
+  def loss_fn(params, key, batch, context):
+    del key, context
+    x_BxD, labels_B = batch
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(model.apply(params, x_BxD), labels_B)), {}
 
-  def epoch(state: train.TrainState, x_NxD, labels_N, key):
-    batches, _ = train.epoch_batches(key, x_NxD.shape[0], batch_size)
-
-    def step(state, idx_B):
-      loss, grads = jax.value_and_grad(loss_fn)(state.params, x_NxD[idx_B], labels_N[idx_B])
-      updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-      return train.TrainState(state.step + 1, optax.apply_updates(state.params, updates), opt_state), loss
-
-    state, losses = jax.lax.scan(step, state, batches)
-    return state, jnp.mean(losses)
-
-  return jax.jit(epoch, donate_argnums=0)
+  return train.make_scan_epoch(loss_fn, optimizer, batch_size)
 
 
 def train_classifier(train_split: data_lib.Split, key: jax.Array, num_epochs: int = 10, batch_size: int = 128,
@@ -64,8 +54,8 @@ def train_classifier(train_split: data_lib.Split, key: jax.Array, num_epochs: in
   labels_N = jnp.asarray(train_split.labels)
   epoch = make_epoch(model, optimizer, batch_size)
   for i in range(1, num_epochs + 1):
-    state, loss = epoch(state, x_NxD, labels_N, jax.random.fold_in(data_key, i))
-    log(f"classifier epoch {i}/{num_epochs}: train cross-entropy {float(loss):.4f}")
+    state, metrics = epoch(state, (x_NxD, labels_N), jax.random.fold_in(data_key, i))
+    log(f"classifier epoch {i}/{num_epochs}: train cross-entropy {float(metrics['loss']):.4f}")
   return model, state.params
 
 
@@ -94,9 +84,7 @@ def recognisability(probs_NxC) -> dict[str, float]:
 def save_classifier(workdir, params, metrics: dict) -> None:
   """Writes params (an orbax checkpoint) and metrics.json (test accuracy) into `workdir`."""
   workdir = pathlib.Path(workdir)
-  state = train.TrainState(jnp.zeros((), jnp.int32), params, ())
-  with checkpoints.manager(workdir, max_to_keep=1) as mngr:
-    checkpoints.save(mngr, state, 0)
+  checkpoints.save_params(workdir, params)
   (workdir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
 
@@ -108,10 +96,4 @@ def load_classifier(workdir):
                                       f"`python -m experiments.classifier --workdir={workdir}`")
   model = Classifier()
   params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((data_lib.NUM_PIXELS,), jnp.float32))
-  target = train.TrainState(jnp.zeros((), jnp.int32), params, ())
-  target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype), target)
-  with checkpoints.manager(workdir, max_to_keep=1) as mngr:
-    state, _ = checkpoints.restore(mngr, target)
-  if state is None:
-    raise checkpoints.CheckpointError(f"{workdir}: metrics.json but no checkpoint")
-  return model, state.params
+  return model, checkpoints.load_params(workdir, params)

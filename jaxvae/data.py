@@ -120,6 +120,22 @@ def without_digit(split: Split, digit: int | None) -> Split:
   return Split(split.images[keep], split.labels[keep])
 
 
+def balanced_subset(key: jax.Array, labels_N, num_per_class: int, num_classes: int = NUM_CLASSES) -> np.ndarray:
+  """Sorted indices of `num_per_class` examples of every class, drawn without replacement by `key`.
+
+  The labelled set of semi-supervised runs: 10 per digit gives the standard 100 labels.
+  Raises `DataError` when a class has fewer examples than asked for.
+  """
+  labels_N = np.asarray(labels_N)
+  chosen = []
+  for c, class_key in zip(range(num_classes), jax.random.split(key, num_classes)):
+    members = np.flatnonzero(labels_N == c)
+    if len(members) < num_per_class:
+      raise DataError(f"class {c} has {len(members)} examples; {num_per_class} asked for")
+    chosen.append(members[np.asarray(jax.random.permutation(class_key, len(members)))[:num_per_class]])
+  return np.sort(np.concatenate(chosen))
+
+
 def fingerprint(split: Split) -> str:
   """A short sha256 of a split's images and labels: which data a checkpoint was trained on."""
   digest = hashlib.sha256(np.ascontiguousarray(split.images).tobytes())

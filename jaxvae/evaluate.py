@@ -33,6 +33,13 @@ def elbo_terms(model: nn.Module, params, key: jax.Array, x_NxD: jax.Array, batch
 
 
 @functools.partial(jax.jit, static_argnames=("model", "batch_size"))
+def posteriors(model: nn.Module, params, x_NxD: jax.Array, batch_size: int = 1000) -> tuple[jax.Array, jax.Array]:
+  """q(z | x) of a whole data set, `batch_size` examples at a time: (mean, logvar), each [N, L]."""
+  encode = lambda x_D: model.apply(params, x_D, method=model.encode)
+  return jax.lax.map(encode, x_NxD, batch_size=batch_size)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "batch_size"))
 def latent_means(model: nn.Module, params, x_NxD: jax.Array, batch_size: int = 1000) -> jax.Array:
   """Posterior means E_q[z | x] of a whole data set, encoded `batch_size` examples at a time.
 

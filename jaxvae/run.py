@@ -174,6 +174,20 @@ def check_workdir(config: config_lib.Config, workdir: pathlib.Path, overwrite: b
     raise config_lib.ConfigError(f"{workdir} is not empty and holds no jaxvae run; use another --workdir")
 
 
+def check_study_dir(outdir: pathlib.Path, kind: str, marker: str = "results.json", flag: str = "--outdir") -> pathlib.Path:
+  """Refuses an output directory that is a file, a training run's workdir, or a non-empty
+  directory without `marker` (the file an earlier `kind` writes, whose outputs a new one
+  then replaces). Errors name the directory as `flag`=outdir. Changes nothing; returns `outdir`."""
+  name = f"{flag}={outdir}"
+  if outdir.exists() and not outdir.is_dir():
+    raise config_lib.ConfigError(f"{name} exists and is not a directory")
+  if (outdir / "config.json").exists():
+    raise config_lib.ConfigError(f"{name} holds a training run; use another directory")
+  if outdir.is_dir() and any(outdir.iterdir()) and not (outdir / marker).is_file():
+    raise config_lib.ConfigError(f"{name} is not empty and holds no {kind}; use another directory")
+  return outdir
+
+
 def replica_dir(config: config_lib.Config, workdir: pathlib.Path, index: int) -> pathlib.Path:
   """Where replica `index` writes its metrics and pictures: `workdir` itself for a single run."""
   return workdir if config.num_replicas == 1 else workdir / f"seed={config.seeds[index]}"

@@ -201,6 +201,38 @@ def make_train_epoch(
   return jax.jit(epoch, donate_argnums=0)
 
 
+def make_scan_epoch(loss_fn: Callable[..., tuple[jax.Array, dict]], optimizer: optax.GradientTransformation,
+                    batch_size: int) -> Callable[..., tuple[TrainState, dict]]:
+  """A jitted `epoch(state, data, key, context=None) -> (state, metrics)` for any per-batch loss.
+
+  `data` is a pytree of arrays with a shared leading axis N (e.g. (images, labels));
+  the epoch is one `lax.scan` over full batches of a permutation drawn from `key`
+  (see `epoch_batches`). Each step calls `loss_fn(params, step_key, batch, context)
+  -> (loss, metrics)` with its own key and the pytree `context` passed through
+  unchanged (e.g. a small labelled set), and takes an optimizer step on the
+  gradient of `loss`. Returns the epoch means of `loss` and of every metric. The
+  input state is donated. `make_train_epoch` is the richer version for the ELBO
+  family (sharding, ensembles, non-finite steps).
+  """
+
+  def epoch(state: TrainState, data, key: jax.Array, context=None):
+    num_examples = jax.tree.leaves(data)[0].shape[0]
+    batch_indices, step_keys = epoch_batches(key, num_examples, batch_size)
+
+    def body(state, batch):
+      indices_B, step_key = batch
+      (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+          state.params, step_key, jax.tree.map(lambda a: a[indices_B], data), context)
+      updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+      return TrainState(state.step + 1, optax.apply_updates(state.params, updates), opt_state), {"loss": loss,
+                                                                                                 **metrics}
+
+    state, metrics = jax.lax.scan(body, state, (batch_indices, step_keys))
+    return state, jax.tree.map(jnp.mean, metrics)
+
+  return jax.jit(epoch, donate_argnums=0)
+
+
 def make_optimizer(config) -> optax.GradientTransformation:
   """Adam with the run's learning rate (`config.learning_rate`)."""
   return optax.adam(config.learning_rate)

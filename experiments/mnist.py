@@ -35,9 +35,26 @@ _NUM_LAYERS = flags.DEFINE_integer("num_layers", _D.num_layers, "Hidden layers i
 _ACTIVATION = flags.DEFINE_enum("activation", _D.activation, jaxvae.ACTIVATIONS, "Hidden activation (jax.nn).")
 _WEIGHT_INIT = flags.DEFINE_enum("weight_init", _D.weight_init, jaxvae.models.WEIGHT_INITS,
                                   "Dense init: uniform (+-1/sqrt(fan_in), as PyTorch) or lecun_normal (Flax).")
+_OUTPUT_BIAS = flags.DEFINE_enum("output_bias", _D.output_bias, jaxvae.models.OUTPUT_BIASES,
+                                  "Decoder output biases: as --weight_init makes them, or data_mean: the logit "
+                                  "of the mean training pixel.")
+_TRAIN_OBJECTIVE = flags.DEFINE_enum("train_objective", _D.train_objective, jaxvae.objectives.TRAINING_OBJECTIVES,
+                                     "elbo, or iwae: the --train_samples-sample importance-weighted bound.")
+_TRAIN_SAMPLES = flags.DEFINE_integer("train_samples", _D.train_samples, "Samples of z per image and step, k "
+                                      "(elbo: averaged; iwae: the bound's k).")
+_BETA = flags.DEFINE_float("beta", _D.beta, "Weight of the KL term in the training loss (elbo).")
+_KL_WARMUP_EPOCHS = flags.DEFINE_integer("kl_warmup_epochs", _D.kl_warmup_epochs,
+                                         "Epochs over which the KL weight rises linearly from 0 to --beta.")
+_FREE_BITS = flags.DEFINE_float("free_bits", _D.free_bits, "Nats per latent dimension (batch-mean KL) below "
+                                "which the KL is not penalized.")
 _NUM_EPOCHS = flags.DEFINE_integer("num_epochs", _D.num_epochs, "Training epochs.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", _D.batch_size, "Training batch size.")
-_LEARNING_RATE = flags.DEFINE_float("learning_rate", _D.learning_rate, "Adam learning rate.")
+_LEARNING_RATE = flags.DEFINE_float("learning_rate", _D.learning_rate, "Adam learning rate (the first, on a "
+                                    "schedule).")
+_LR_SCHEDULE = flags.DEFINE_enum("lr_schedule", _D.lr_schedule, jaxvae.train.LR_SCHEDULES,
+                                 "constant, or iwae: 3^i epochs at learning_rate * 10^(-i/7), i = 0..7 "
+                                 "(Burda et al.; 3,280 epochs in all).")
+_ADAM_EPS = flags.DEFINE_float("adam_eps", _D.adam_eps, "Adam's epsilon (Burda et al. use 1e-4).")
 _SEED = flags.DEFINE_integer("seed", _D.seed, "Root seed: init, data order, binarization, noise.")
 _NUM_REPLICAS = flags.DEFINE_integer("num_replicas", _D.num_replicas,
                                      "Train this many models (seeds seed, seed+1, ...) as one vmapped program; "

@@ -43,13 +43,17 @@ from jaxvae.latent import (
 from jaxvae.objectives import (
     OBJECTIVES,
     Elbo,
+    KLSchedule,
     autoencoder,
     batch_elbo,
     batch_iwae_bound,
     elbo,
     iwae_bound,
+    iwae_objective,
     log_importance_weights,
+    multi_sample_elbo,
     reconstruction_log_likelihood,
+    training_objective,
 )
 from jaxvae.plots import image_grid, save_image_grid
 from jaxvae.run import Interrupted, NonFiniteError, train_and_evaluate

@@ -23,10 +23,19 @@ class Config:
   num_layers: int = 1
   activation: str = "relu"
   weight_init: str = "uniform"  # see models.WEIGHT_INITS
+  output_bias: str = "init"  # "init", or "data_mean": decoder output biases at the logit of the mean training pixel
+  # Objective (see objectives.training_objective and objectives.KLSchedule).
+  train_objective: str = "elbo"  # "elbo", or "iwae": the train_samples-sample importance-weighted bound
+  train_samples: int = 1  # k: samples of z per example and step (the ELBO is averaged over them)
+  beta: float = 1.0  # weight of the KL term in the training loss
+  kl_warmup_epochs: int = 0  # the KL weight rises linearly from 0 to beta over these epochs
+  free_bits: float = 0.0  # nats per latent dimension below which its KL is not penalized
   # Optimisation.
   num_epochs: int = 50
   batch_size: int = 128
   learning_rate: float = 1e-3
+  lr_schedule: str = "constant"  # or "iwae": 3^i epochs at learning_rate * 10^(-i/7), i = 0..7
+  adam_eps: float = 1e-8
   seed: int = 0
   num_replicas: int = 1  # an ensemble of independent models with seeds seed, seed+1, ... in one program
   # Data.
@@ -46,14 +55,24 @@ class Config:
   def validate(self) -> "Config":
     """Raises `ConfigError` naming the first invalid field; returns self."""
     positive = ("latent_dim", "hidden_dim", "num_epochs", "batch_size", "num_replicas", "iwae_chunk_size",
-                "eval_batch_size", "checkpoint_every")
+                "eval_batch_size", "checkpoint_every", "train_samples")
     for name in positive:
       if getattr(self, name) <= 0:
         raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
     if self.num_layers < 0:
       raise ConfigError(f"num_layers must be >= 0, got {self.num_layers}")
-    if not self.learning_rate > 0:
-      raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
+    for name in ("learning_rate", "adam_eps"):
+      if not getattr(self, name) > 0:
+        raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+    for name in ("beta", "free_bits", "kl_warmup_epochs"):
+      if not getattr(self, name) >= 0:
+        raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+    if self.model == "ae" and (self.train_objective != "elbo" or self.train_samples != 1 or self.kl_schedule):
+      raise ConfigError("model ae has no KL term or importance weights: train_objective, train_samples, beta, "
+                        "kl_warmup_epochs and free_bits keep their defaults")
+    if self.train_objective == "iwae" and self.kl_schedule:
+      raise ConfigError("beta, kl_warmup_epochs and free_bits reweight the ELBO's KL term; the iwae objective "
+                        "has none (use train_objective elbo)")
     if self.seed < 0:
       raise ConfigError(f"seed must be >= 0, got {self.seed}")
     if self.data_source == "npz" and not self.data_path:
@@ -64,7 +83,8 @@ class Config:
       raise ConfigError(f"exclude_digit must be a digit 0..9, got {self.exclude_digit}")
     choices = {"model": tuple(objectives.OBJECTIVES), "activation": models.ACTIVATIONS, "weight_init": models.WEIGHT_INITS,
                "binarization": data_lib.BINARIZATIONS, "data_source": data_lib.SOURCES,
-               "nonfinite_policy": train.NONFINITE_POLICIES}
+               "nonfinite_policy": train.NONFINITE_POLICIES, "train_objective": objectives.TRAINING_OBJECTIVES,
+               "lr_schedule": train.LR_SCHEDULES, "output_bias": models.OUTPUT_BIASES}
     for name, allowed in choices.items():
       if getattr(self, name) not in allowed:
         raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
@@ -94,8 +114,26 @@ class Config:
 
   @property
   def objective(self):
-    """The per-example training objective of `model` (see `objectives.OBJECTIVES`)."""
+    """The per-example objective `model` is evaluated with, each epoch (see `objectives.OBJECTIVES`)."""
     return objectives.OBJECTIVES[self.model]
+
+  @property
+  def training_objective(self):
+    """The per-example objective training maximizes: `objective`, or its k-sample / IWAE variant."""
+    if self.model != "vae":
+      return self.objective
+    return objectives.training_objective(self.train_objective, self.train_samples)
+
+  @property
+  def kl_schedule(self) -> bool:
+    """Whether beta, a KL warm-up or free bits change the training loss from -objective."""
+    return self.beta != 1.0 or self.kl_warmup_epochs > 0 or self.free_bits > 0
+
+  def make_kl_schedule(self, steps_per_epoch: int) -> objectives.KLSchedule | None:
+    """The `objectives.KLSchedule` of the run (None when `kl_schedule` is False)."""
+    if not self.kl_schedule:
+      return None
+    return objectives.KLSchedule(self.beta, self.kl_warmup_epochs * steps_per_epoch, self.free_bits)
 
   @property
   def seeds(self) -> tuple[int, ...]:

@@ -62,6 +62,11 @@ def standard_normal_log_density(z: jax.Array) -> jax.Array:
   return jnp.sum(stats.norm.logpdf(z), axis=-1)
 
 
+def kl_per_dimension(mean: jax.Array, logvar: jax.Array) -> jax.Array:
+  """Analytic KL(N(mean_l, exp(logvar_l)) || N(0, 1)) of every dimension, nats: [..., L] -> [..., L]."""
+  return 0.5 * (jnp.exp(logvar) + jnp.square(mean) - 1.0 - logvar)
+
+
 def kl_to_standard_normal(mean: jax.Array, logvar: jax.Array) -> jax.Array:
   """Analytic KL(N(mean, diag(exp(logvar))) || N(0, I)) in nats.
 
@@ -71,4 +76,4 @@ def kl_to_standard_normal(mean: jax.Array, logvar: jax.Array) -> jax.Array:
   Returns:
     [...] KL summed over L.
   """
-  return 0.5 * jnp.sum(jnp.exp(logvar) + jnp.square(mean) - 1.0 - logvar, axis=-1)
+  return jnp.sum(kl_per_dimension(mean, logvar), axis=-1)

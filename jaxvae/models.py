@@ -7,6 +7,7 @@ is deterministic and can be jitted, vmapped and differentiated freely.
 
 from typing import Callable
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -16,6 +17,9 @@ ACTIVATIONS = ("relu", "tanh", "elu", "gelu", "silu", "softplus", "leaky_relu", 
 # on MNIST (784-400-20, 10 epochs) it reaches a test -ELBO about 0.6 nats lower than
 # "lecun_normal" (Flax's default, zero biases). See README.md.
 WEIGHT_INITS = ("uniform", "lecun_normal")
+# "data_mean": the decoder's output biases start at the logit of the mean training pixel, so the
+# untrained model already predicts the average image (Burda et al. 2015).
+OUTPUT_BIASES = ("init", "data_mean")
 MNIST_DIM = 28 * 28
 
 
@@ -117,6 +121,18 @@ class VAE(nn.Module):
     return self.decode(mean)
 
 
-def init_params(model: VAE, key: jax.Array):
-  """Initial parameters of `model` for inputs of size `model.output_dim`."""
-  return model.init(key, jnp.zeros((model.output_dim,), jnp.float32))
+def init_params(model: VAE, key: jax.Array, output_bias_D: jax.Array | None = None):
+  """Initial parameters of `model` for inputs of size `model.output_dim`; with `output_bias_D`,
+  the decoder's output-layer biases set to it (see `data_mean_bias`)."""
+  params = model.init(key, jnp.zeros((model.output_dim,), jnp.float32))
+  if output_bias_D is not None:
+    flat = flax.traverse_util.flatten_dict(params)
+    flat[("params", "decoder", "mlp", "out", "bias")] = jnp.asarray(output_bias_D, jnp.float32)
+    params = flax.traverse_util.unflatten_dict(flat)
+  return params
+
+
+def data_mean_bias(images_NxD, eps: float = 1e-3) -> jax.Array:
+  """logit of the mean pixel (level / 255) of uint8 training images, clipped to [eps, 1 - eps]: [D]."""
+  mean_D = jnp.mean(jnp.asarray(images_NxD, jnp.float32), axis=0) / 255.0
+  return jax.scipy.special.logit(jnp.clip(mean_D, eps, 1.0 - eps))

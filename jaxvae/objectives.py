@@ -2,8 +2,14 @@
 
 Shapes: D = data dimension (784), L = latent dimension, B = batch, K = number of
 importance samples. All values are in nats per example.
+
+Training variants (Burda et al. 2015; Kingma et al. 2016): `training_objective`
+picks the per-example objective (the ELBO averaged over k samples, "VAE-k", or
+the k-sample IWAE bound), and `KLSchedule` turns a batch of ELBO terms into a
+loss with a KL weight beta, a linear warm-up of that weight and free bits.
 """
 
+import dataclasses
 import functools
 from typing import NamedTuple
 
@@ -20,6 +26,7 @@ class Elbo(NamedTuple):
   elbo: jax.Array
   reconstruction: jax.Array  # E_q[log p(x | z)], one-sample estimate
   kl: jax.Array  # KL(q(z | x) || N(0, I)), analytic
+  kl_dims: jax.Array | None = None  # [L] (or [B, L]) the KL of each latent dimension, where defined
 
 
 def elbo(model: nn.Module, params, key: jax.Array, x_D: jax.Array) -> Elbo:
@@ -38,8 +45,9 @@ def elbo(model: nn.Module, params, key: jax.Array, x_D: jax.Array) -> Elbo:
   z_L = distributions.reparameterize(key, mean_L, logvar_L)
   logits_D = model.apply(params, z_L, method=model.decode)
   reconstruction = distributions.bernoulli_log_likelihood(x_D, logits_D)
-  kl = distributions.kl_to_standard_normal(mean_L, logvar_L)
-  return Elbo(reconstruction - kl, reconstruction, kl)
+  kl_L = distributions.kl_per_dimension(mean_L, logvar_L)
+  kl = jnp.sum(kl_L)
+  return Elbo(reconstruction - kl, reconstruction, kl, kl_L)
 
 
 def reconstruction_log_likelihood(model: nn.Module, params, x_D: jax.Array) -> jax.Array:
@@ -64,8 +72,88 @@ def autoencoder(model: nn.Module, params, key: jax.Array, x_D: jax.Array) -> Elb
   return Elbo(reconstruction, reconstruction, jnp.zeros_like(reconstruction))
 
 
-# What each `Config.model` trains: a per-example objective(model, params, key, x_D) -> Elbo.
+# What each `Config.model` is evaluated with (per epoch, on the test set): a per-example
+# objective(model, params, key, x_D) -> Elbo. `training_objective` gives what it trains on.
 OBJECTIVES = {"vae": elbo, "ae": autoencoder}
+
+
+def multi_sample_elbo(model: nn.Module, params, key: jax.Array, x_D: jax.Array, num_samples: int) -> Elbo:
+  """The ELBO averaged over `num_samples` draws of z for ONE example: Burda et al.'s "VAE" with k
+  samples. The same bound as `elbo`, with a lower-variance gradient (the encoder runs once)."""
+  terms = jax.vmap(lambda k: elbo(model, params, k, x_D))(jax.random.split(key, num_samples))
+  return jax.tree.map(lambda a: jnp.mean(a, axis=0), terms)
+
+
+def _log_weight(model: nn.Module, params, x_D, mean_L, logvar_L, sample_key) -> tuple[jax.Array, jax.Array]:
+  """(log p(x, z) - log q(z | x), log p(x | z)) at one z ~ q(z | x) drawn with `sample_key`."""
+  z_L = distributions.reparameterize(sample_key, mean_L, logvar_L)
+  log_px_given_z = distributions.bernoulli_log_likelihood(x_D, model.apply(params, z_L, method=model.decode))
+  log_pz = distributions.standard_normal_log_density(z_L)
+  log_qz = distributions.gaussian_log_likelihood(z_L, mean_L, logvar_L)
+  return log_px_given_z + log_pz - log_qz, log_px_given_z
+
+
+def iwae_objective(model: nn.Module, params, key: jax.Array, x_D: jax.Array, num_samples: int) -> Elbo:
+  """The k-sample importance-weighted bound as a training objective for ONE example (IWAE).
+
+  `elbo` holds the bound log (1/k) sum_k w_k (with k = 1, the ELBO with a sampled
+  rather than analytic KL: the same in expectation); `reconstruction` and `kl`
+  hold the mean log p(x | z_k) and the analytic KL, for the logs. Sample k uses
+  split(key, k)[k], as in `log_importance_weights`.
+  """
+  mean_L, logvar_L = model.apply(params, x_D, method=model.encode)
+  log_w_K, log_px_K = jax.vmap(functools.partial(_log_weight, model, params, x_D, mean_L, logvar_L))(
+      jax.random.split(key, num_samples))
+  bound = jax.nn.logsumexp(log_w_K) - jnp.log(num_samples)
+  kl_L = distributions.kl_per_dimension(mean_L, logvar_L)
+  return Elbo(bound, jnp.mean(log_px_K), jnp.sum(kl_L), kl_L)
+
+
+TRAINING_OBJECTIVES = ("elbo", "iwae")
+
+
+def training_objective(name: str, num_samples: int = 1):
+  """The per-example objective(model, params, key, x_D) -> Elbo that training maximizes.
+
+  "elbo": the ELBO (`elbo` for one sample, `multi_sample_elbo` for more);
+  "iwae": the `num_samples`-sample IWAE bound (`iwae_objective`).
+  """
+  if name not in TRAINING_OBJECTIVES:
+    raise ValueError(f"unknown training objective {name!r}; choose one of {', '.join(TRAINING_OBJECTIVES)}")
+  if name == "iwae":
+    return functools.partial(iwae_objective, num_samples=num_samples)
+  return elbo if num_samples == 1 else functools.partial(multi_sample_elbo, num_samples=num_samples)
+
+
+@dataclasses.dataclass(frozen=True)
+class KLSchedule:
+  """The loss of a batch of ELBO terms with a reweighted, possibly floored KL term.
+
+  loss(step) = -mean_B reconstruction + weight(step) * KL_term, where
+  weight(step) = beta * min(1, (step + 1) / warmup_steps) (beta throughout when
+  warmup_steps = 0: a linear KL warm-up, Sonderby et al. 2016), and KL_term is the
+  batch-mean KL, or with free bits lambda > 0, sum_l max(lambda, mean_B KL_l): a
+  dimension whose KL is below lambda nats is not pushed further towards the prior
+  (Kingma et al. 2016). beta = 1, no warm-up, no free bits is -mean ELBO.
+  """
+
+  beta: float = 1.0
+  warmup_steps: int = 0
+  free_bits: float = 0.0
+
+  def weight(self, step: jax.Array) -> jax.Array:
+    """The KL weight at (0-based) optimizer step `step`."""
+    if not self.warmup_steps:
+      return jnp.asarray(self.beta, jnp.float32)
+    return self.beta * jnp.minimum(1.0, (step + 1) / self.warmup_steps)
+
+  def kl_term(self, terms_B: Elbo) -> jax.Array:
+    if not self.free_bits:
+      return jnp.mean(terms_B.kl)
+    return jnp.sum(jnp.maximum(self.free_bits, jnp.mean(terms_B.kl_dims, axis=0)))
+
+  def loss(self, terms_B: Elbo, step: jax.Array) -> jax.Array:
+    return -jnp.mean(terms_B.reconstruction) + self.weight(step) * self.kl_term(terms_B)
 
 
 def batch_elbo(model: nn.Module, params, key: jax.Array, x_BxD: jax.Array, objective=elbo) -> Elbo:
@@ -89,14 +177,7 @@ def log_importance_weights(
     [K] log-weights in nats.
   """
   mean_L, logvar_L = model.apply(params, x_D, method=model.encode)
-
-  def log_weight(sample_key):
-    z_L = distributions.reparameterize(sample_key, mean_L, logvar_L)
-    logits_D = model.apply(params, z_L, method=model.decode)
-    log_px_given_z = distributions.bernoulli_log_likelihood(x_D, logits_D)
-    log_pz = distributions.standard_normal_log_density(z_L)
-    log_qz = distributions.gaussian_log_likelihood(z_L, mean_L, logvar_L)
-    return log_px_given_z + log_pz - log_qz
+  log_weight = lambda sample_key: _log_weight(model, params, x_D, mean_L, logvar_L, sample_key)[0]
 
   # Sample k always uses split(key, K)[k], so the result does not depend on chunk_size;
   # the last chunk is padded with repeated keys whose weights are dropped.

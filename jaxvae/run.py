@@ -44,6 +44,7 @@ from jaxvae import config as config_lib
 from jaxvae import data as data_lib
 from jaxvae import evaluate
 from jaxvae import latent
+from jaxvae import models
 from jaxvae import objectives
 from jaxvae import plots
 from jaxvae import train
@@ -355,6 +356,8 @@ class _Run:
       record = {
           "epoch": epoch, "step": int(step), "train_neg_elbo": float(replica_metrics["neg_elbo"]),
           "train_kl": float(replica_metrics["kl"]), "train_reconstruction": float(replica_metrics["reconstruction"]),
+          **({"train_loss": float(replica_metrics["loss"]), "kl_weight": float(replica_metrics["kl_weight"])}
+             if config.kl_schedule else {}),
           **test_elbo(self.model, params, replica.keys.eval, self.test_x, config.objective),
           "images_per_sec": int(replica_metrics["num_images"]) / seconds, "epoch_seconds": seconds,
           "wall_seconds": time.perf_counter() - self.wall_start,
@@ -433,9 +436,11 @@ def train_and_evaluate(config: config_lib.Config, workdir, overwrite: bool = Fal
   ensemble = config.num_replicas > 1
 
   model = config_lib.build_model(config)
-  optimizer = train.make_optimizer(config)
+  steps_per_epoch = num_train // config.batch_size
+  optimizer = train.make_optimizer(config, steps_per_epoch)
   keys = train.KeyStreams.from_seeds(config.seeds) if ensemble else train.KeyStreams.from_seed(config.seed)
-  state = train.replicate(train.create_train_state(model, optimizer, keys.init), mesh)
+  output_bias = models.data_mean_bias(train_split.images) if config.output_bias == "data_mean" else None
+  state = train.replicate(train.create_train_state(model, optimizer, keys.init, output_bias), mesh)
   fingerprint = data_lib.fingerprint(train_split)
   _sync("inputs checked")  # no process changes the workdir before all have checked it
   if overwrite:
@@ -480,7 +485,8 @@ def train_and_evaluate(config: config_lib.Config, workdir, overwrite: bool = Fal
     test_x_host = data_lib.test_targets(mnist.test.images, config.binarization)
     epoch_fn = train.make_train_epoch(model, optimizer, config.batch_size, config.binarization,
                                       config.nonfinite_policy, mesh=mesh, ensemble=ensemble,
-                                      objective=config.objective)
+                                      objective=config.training_objective,
+                                      kl_schedule=config.make_kl_schedule(steps_per_epoch))
     start = time.perf_counter()
     epoch_fn = epoch_fn.lower(state, train_images, keys.data, keys.train).compile()
     logging.info("compiled the training epoch in %.1f s (batch split over %d devices)",

@@ -75,15 +75,17 @@ def replicate(tree, mesh: jax.sharding.Mesh):
   return jax.device_put(tree, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
 
 
-def create_train_state(model: nn.Module, optimizer: optax.GradientTransformation, key: jax.Array) -> TrainState:
-  """Initial params (from `key`) and optimizer state, built in one compiled call.
+def create_train_state(model: nn.Module, optimizer: optax.GradientTransformation, key: jax.Array,
+                       output_bias_D: jax.Array | None = None) -> TrainState:
+  """Initial params (from `key`; see `models.init_params` for `output_bias_D`) and optimizer
+  state, built in one compiled call.
 
   `key` may be a [R] stack of keys (see `KeyStreams.from_seeds`): the result is then
   the state of an ensemble, every leaf with a leading replica axis of size R.
   """
 
   def create(key):
-    params = models.init_params(model, key)
+    params = models.init_params(model, key, output_bias_D)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
 
   return jax.jit(jax.vmap(create) if key.ndim else create)(key)
@@ -98,14 +100,17 @@ def make_train_step(
     binarization: str,
     nonfinite_policy: str = "stop",
     objective: Callable[..., objectives.Elbo] = objectives.elbo,
+    kl_schedule: objectives.KLSchedule | None = None,
 ) -> Callable[..., tuple[TrainState, dict]]:
   """Returns `step(state, images_BxD, bin_key, train_key) -> (state, metrics)` (not jitted).
 
   `images_BxD` are uint8 levels (see `data.prepare_train_images`); the loss is the
   batch mean of -objective (per example, default the ELBO; see
-  `objectives.OBJECTIVES`) in nats per image. `metrics` holds batch means of
-  `neg_elbo`, `reconstruction` (E_q log p(x|z)) and `kl`, and `finite`: whether
-  the loss and every gradient were finite. With `nonfinite_policy="skip"` a
+  `objectives.OBJECTIVES` and `objectives.training_objective`) in nats per image,
+  or with a `kl_schedule` its `loss` at the step's index (beta, warm-up, free
+  bits). `metrics` holds batch means of `neg_elbo` (-objective, whatever the
+  loss), `reconstruction` (E_q log p(x|z)) and `kl`, the `loss` and the KL
+  weight `kl_weight`, and `finite`: whether the loss and every gradient were finite. With `nonfinite_policy="skip"` a
   non-finite step leaves params and optimizer state unchanged; with `"stop"` it
   is applied and the caller is expected to stop on `finite == False`.
   """
@@ -113,22 +118,23 @@ def make_train_step(
   if nonfinite_policy not in NONFINITE_POLICIES:
     raise ValueError(f"unknown nonfinite_policy {nonfinite_policy!r}; choose one of {', '.join(NONFINITE_POLICIES)}")
 
-  def loss_fn(params, key, x_BxD):
+  def loss_fn(params, key, x_BxD, step):
     terms = objectives.batch_elbo(model, params, key, x_BxD, objective)
-    return -jnp.mean(terms.elbo), terms
+    return (-jnp.mean(terms.elbo) if kl_schedule is None else kl_schedule.loss(terms, step)), terms
 
   def step(state: TrainState, images_BxD, bin_key, train_key):
     x_BxD = data_lib.train_targets(bin_key, images_BxD, binarization)
     z_key = jax.random.fold_in(train_key, state.step)
-    (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, z_key, x_BxD)
+    (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, z_key, x_BxD, state.step)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     finite = jnp.isfinite(loss) & jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
     if nonfinite_policy == "skip":
       params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
                                        (params, opt_state), (state.params, state.opt_state))
-    metrics = {"neg_elbo": loss, "reconstruction": jnp.mean(terms.reconstruction), "kl": jnp.mean(terms.kl),
-               "finite": finite}
+    kl_weight = jnp.float32(1.0) if kl_schedule is None else kl_schedule.weight(state.step)
+    metrics = {"neg_elbo": -jnp.mean(terms.elbo), "reconstruction": jnp.mean(terms.reconstruction),
+               "kl": jnp.mean(terms.kl), "loss": loss, "kl_weight": kl_weight, "finite": finite}
     return TrainState(state.step + 1, params, opt_state), metrics
 
   return step
@@ -155,6 +161,7 @@ def make_train_epoch(
     mesh: jax.sharding.Mesh | None = None,
     ensemble: bool = False,
     objective: Callable[..., objectives.Elbo] = objectives.elbo,
+    kl_schedule: objectives.KLSchedule | None = None,
 ) -> Callable[..., tuple[TrainState, dict]]:
   """Returns a jitted `epoch(state, images_NxD, epoch_key, train_key) -> (state, metrics)`.
 
@@ -168,9 +175,10 @@ def make_train_epoch(
   pass state and images replicated on the mesh (`replicate`). `batch_size` must
   be a multiple of the mesh size. With `ensemble=True` the epoch is vmapped over
   a leading replica axis of `state`, `epoch_key` and `train_key` (the images are
-  shared); metrics then have that axis too. `objective` is as in `make_train_step`.
+  shared); metrics then have that axis too. `objective` and `kl_schedule` are as
+  in `make_train_step`.
   """
-  step = make_train_step(model, optimizer, binarization, nonfinite_policy, objective)
+  step = make_train_step(model, optimizer, binarization, nonfinite_policy, objective, kl_schedule)
   if mesh is not None and batch_size % mesh.size:
     raise ValueError(f"batch_size {batch_size} is not a multiple of the {mesh.size} devices it is split over")
   batch_sharding = None if mesh is None else jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
@@ -233,6 +241,23 @@ def make_scan_epoch(loss_fn: Callable[..., tuple[jax.Array, dict]], optimizer: o
   return jax.jit(epoch, donate_argnums=0)
 
 
-def make_optimizer(config) -> optax.GradientTransformation:
-  """Adam with the run's learning rate (`config.learning_rate`)."""
-  return optax.adam(config.learning_rate)
+LR_SCHEDULES = ("constant", "iwae")
+
+
+def iwae_learning_rate(base: float, steps_per_epoch: int, num_stages: int = 8) -> optax.Schedule:
+  """Burda et al.'s schedule: stage i = 0 .. num_stages - 1 lasts 3^i epochs at base * 10^(-i/7)
+  (3,280 epochs for 8 stages); the last rate stays after that."""
+  boundaries, epoch = {}, 0
+  for i in range(num_stages - 1):
+    epoch += 3**i
+    boundaries[epoch * steps_per_epoch] = 10 ** (-1 / 7)
+  return optax.piecewise_constant_schedule(base, boundaries)
+
+
+def make_optimizer(config, steps_per_epoch: int = 1) -> optax.GradientTransformation:
+  """Adam (eps `config.adam_eps`) at `config.learning_rate`, constant or on the IWAE schedule
+  (`config.lr_schedule`; its boundaries need `steps_per_epoch`, its state's structure does not)."""
+  learning_rate = config.learning_rate
+  if config.lr_schedule == "iwae":
+    learning_rate = iwae_learning_rate(config.learning_rate, steps_per_epoch)
+  return optax.adam(learning_rate, eps=config.adam_eps)

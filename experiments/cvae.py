@@ -37,8 +37,8 @@ from jaxvae import conditional
 from jaxvae import plots
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/cvae", "Where the model, metrics and pictures go.")
-_LATENT_DIM = flags.DEFINE_integer("latent_dim", 4, "Latent dimension L (small: the label, not z, must carry the digit).",
-                                   lower_bound=1)
+_LATENT_DIM = flags.DEFINE_integer("latent_dim", 4, "Latent dimension L (small: the label, not z, must carry "
+                                   "the digit).", lower_bound=1)
 _HIDDEN_DIM = flags.DEFINE_integer("hidden_dim", 400, "Width of each hidden layer.", lower_bound=1)
 _NUM_LAYERS = flags.DEFINE_integer("num_layers", 1, "Hidden layers in encoder and decoder each.", lower_bound=0)
 _ACTIVATION = flags.DEFINE_enum("activation", "relu", jaxvae.ACTIVATIONS, "Hidden activation (jax.nn).")
@@ -146,8 +146,10 @@ def main(argv):
   grid = np.asarray(conditional.class_grid(model, params, z))
   plots.save_image_grid(workdir / "class_grid.png", grid.reshape(-1, grid.shape[-1]), num_cols=GRID_COLUMNS)
   originals = test_x[: 4 * GRID_COLUMNS]
-  recons = conditional.conditional_reconstructions(model, params, originals, jnp.asarray(mnist.test.labels[:len(originals)]))
-  pairs = np.stack([np.asarray(originals).reshape(4, GRID_COLUMNS, -1), np.asarray(recons).reshape(4, GRID_COLUMNS, -1)], 1)
+  labels = jnp.asarray(mnist.test.labels[: len(originals)])
+  recons = conditional.conditional_reconstructions(model, params, originals, labels)
+  rows = lambda images: np.asarray(images).reshape(4, GRID_COLUMNS, -1)
+  pairs = np.stack([rows(originals), rows(recons)], 1)  # each row of originals above its reconstructions
   plots.save_image_grid(workdir / "reconstructions.png", pairs.reshape(-1, pairs.shape[-1]), num_cols=GRID_COLUMNS)
   (workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
   print(f"test conditional -ELBO {results['test_neg_conditional_elbo']:.2f} nats; "

@@ -207,7 +207,8 @@ def main(argv):
   values = np.asarray(list(errors.values()))
   results = {"model": name, "num_labels": _NUM_LABELS.value, "alpha": _ALPHA.value,
              "labelled_weight": labelled_fraction, "num_epochs": _NUM_EPOCHS.value,
-             "m1": _M1.value, "m1_units": [int(u) for u in m1_units] if _M1.value else None, "test_error": {str(s): e for s, e in errors.items()},
+             "m1": _M1.value, "m1_units": [int(u) for u in m1_units] if _M1.value else None,
+             "test_error": {str(s): e for s, e in errors.items()},
              "mean_test_error": float(values.mean()),
              "std_test_error": float(values.std(ddof=1)) if len(values) > 1 else None,
              "paper_test_error": PAPER_ERROR[name]}

@@ -175,7 +175,8 @@ def check_workdir(config: config_lib.Config, workdir: pathlib.Path, overwrite: b
     raise config_lib.ConfigError(f"{workdir} is not empty and holds no jaxvae run; use another --workdir")
 
 
-def check_study_dir(outdir: pathlib.Path, kind: str, marker: str = "results.json", flag: str = "--outdir") -> pathlib.Path:
+def check_study_dir(outdir: pathlib.Path, kind: str, marker: str = "results.json",
+                    flag: str = "--outdir") -> pathlib.Path:
   """Refuses an output directory that is a file, a training run's workdir, or a non-empty
   directory without `marker` (the file an earlier `kind` writes, whose outputs a new one
   then replaces). Errors name the directory as `flag`=outdir. Changes nothing; returns `outdir`."""

@@ -38,6 +38,16 @@ _WEIGHT_INIT = flags.DEFINE_enum("weight_init", _D.weight_init, jaxvae.models.WE
 _OUTPUT_BIAS = flags.DEFINE_enum("output_bias", _D.output_bias, jaxvae.models.OUTPUT_BIASES,
                                   "Decoder output biases: as --weight_init makes them, or data_mean: the logit "
                                   "of the mean training pixel.")
+_ARCHITECTURE = flags.DEFINE_enum("architecture", _D.architecture, jaxvae.models.ARCHITECTURES,
+                                   "mlp, or conv: two stride-2 convolutions (32, 64 channels) before the "
+                                   "encoder's Dense layers, transposed ones after the decoder's.")
+_STOCHASTIC_LAYERS = flags.DEFINE_integer("stochastic_layers", _D.stochastic_layers,
+                                          "1, or 2: x <-> h1 (--h1_dim) <-> z (--latent_dim), Burda et al.'s "
+                                          "two-layer model; --hidden_dim is then the width of the x <-> h1 "
+                                          "networks.")
+_H1_DIM = flags.DEFINE_integer("h1_dim", _D.h1_dim, "Two layers: units of the lower latent layer h1.")
+_TOP_HIDDEN_DIM = flags.DEFINE_integer("top_hidden_dim", _D.top_hidden_dim,
+                                       "Two layers: width of the hidden layers between h1 and z.")
 _TRAIN_OBJECTIVE = flags.DEFINE_enum("train_objective", _D.train_objective, jaxvae.objectives.TRAINING_OBJECTIVES,
                                      "elbo, or iwae: the --train_samples-sample importance-weighted bound.")
 _TRAIN_SAMPLES = flags.DEFINE_integer("train_samples", _D.train_samples, "Samples of z per image and step, k "

@@ -28,8 +28,8 @@ from jaxvae.conditional import (
     m2_loss,
     unlabelled_bound,
 )
-from jaxvae.evaluate import active_units, elbo_terms, iwae_bounds, latent_means, posteriors
-from jaxvae.models import ACTIVATIONS, WEIGHT_INITS, Decoder, Encoder, VAE, init_params
+from jaxvae.evaluate import active_units, elbo_terms, h1_active_units, iwae_bounds, latent_means, posteriors
+from jaxvae.models import ACTIVATIONS, ARCHITECTURES, WEIGHT_INITS, Decoder, Encoder, TwoLayerVAE, VAE, init_params
 from jaxvae.latent import (
     anomaly_scores,
     auroc,
@@ -49,11 +49,13 @@ from jaxvae.objectives import (
     batch_iwae_bound,
     elbo,
     iwae_bound,
+    importance_sampler,
     iwae_objective,
     log_importance_weights,
     multi_sample_elbo,
     reconstruction_log_likelihood,
     training_objective,
+    two_layer_elbo,
 )
 from jaxvae.plots import image_grid, save_image_grid
 from jaxvae.run import Interrupted, NonFiniteError, train_and_evaluate

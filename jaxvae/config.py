@@ -24,6 +24,10 @@ class Config:
   activation: str = "relu"
   weight_init: str = "uniform"  # see models.WEIGHT_INITS
   output_bias: str = "init"  # "init", or "data_mean": decoder output biases at the logit of the mean training pixel
+  architecture: str = "mlp"  # or "conv": convolutions next to the image (see models.ARCHITECTURES)
+  stochastic_layers: int = 1  # or 2: x <-> h1 (h1_dim units) <-> z (latent_dim units), models.TwoLayerVAE
+  h1_dim: int = 100  # two layers: units of h1
+  top_hidden_dim: int = 100  # two layers: width of the networks between h1 and z
   # Objective (see objectives.training_objective and objectives.KLSchedule).
   train_objective: str = "elbo"  # "elbo", or "iwae": the train_samples-sample importance-weighted bound
   train_samples: int = 1  # k: samples of z per example and step (the ELBO is averaged over them)
@@ -55,7 +59,7 @@ class Config:
   def validate(self) -> "Config":
     """Raises `ConfigError` naming the first invalid field; returns self."""
     positive = ("latent_dim", "hidden_dim", "num_epochs", "batch_size", "num_replicas", "iwae_chunk_size",
-                "eval_batch_size", "checkpoint_every", "train_samples")
+                "eval_batch_size", "checkpoint_every", "train_samples", "h1_dim", "top_hidden_dim")
     for name in positive:
       if getattr(self, name) <= 0:
         raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
@@ -70,6 +74,10 @@ class Config:
     if self.model == "ae" and (self.train_objective != "elbo" or self.train_samples != 1 or self.kl_schedule):
       raise ConfigError("model ae has no KL term or importance weights: train_objective, train_samples, beta, "
                         "kl_warmup_epochs and free_bits keep their defaults")
+    if self.stochastic_layers not in (1, 2):
+      raise ConfigError(f"stochastic_layers must be 1 or 2, got {self.stochastic_layers}")
+    if self.model == "ae" and self.stochastic_layers != 1:
+      raise ConfigError("model ae is deterministic: it has one layer of codes (stochastic_layers 1)")
     if self.train_objective == "iwae" and self.kl_schedule:
       raise ConfigError("beta, kl_warmup_epochs and free_bits reweight the ELBO's KL term; the iwae objective "
                         "has none (use train_objective elbo)")
@@ -84,7 +92,8 @@ class Config:
     choices = {"model": tuple(objectives.OBJECTIVES), "activation": models.ACTIVATIONS, "weight_init": models.WEIGHT_INITS,
                "binarization": data_lib.BINARIZATIONS, "data_source": data_lib.SOURCES,
                "nonfinite_policy": train.NONFINITE_POLICIES, "train_objective": objectives.TRAINING_OBJECTIVES,
-               "lr_schedule": train.LR_SCHEDULES, "output_bias": models.OUTPUT_BIASES}
+               "lr_schedule": train.LR_SCHEDULES, "output_bias": models.OUTPUT_BIASES,
+               "architecture": models.ARCHITECTURES}
     for name, allowed in choices.items():
       if getattr(self, name) not in allowed:
         raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
@@ -169,6 +178,11 @@ RESUMABLE_FIELDS = ("num_epochs", "eval_iwae_samples", "iwae_chunk_size", "eval_
                     "data_dir", "data_path", "data_source", "tfds_download", "nonfinite_policy")
 
 
-def build_model(config: Config) -> models.VAE:
-  return models.VAE(latent_dim=config.latent_dim, output_dim=data_lib.NUM_PIXELS, hidden_dim=config.hidden_dim,
-                    num_layers=config.num_layers, activation=config.activation, weight_init=config.weight_init)
+def build_model(config: Config) -> models.VAE | models.TwoLayerVAE:
+  """The (untrained) module `config` describes."""
+  shared = dict(latent_dim=config.latent_dim, output_dim=data_lib.NUM_PIXELS, hidden_dim=config.hidden_dim,
+                num_layers=config.num_layers, activation=config.activation, weight_init=config.weight_init,
+                architecture=config.architecture)
+  if config.stochastic_layers == 2:
+    return models.TwoLayerVAE(h1_dim=config.h1_dim, top_hidden_dim=config.top_hidden_dim, **shared)
+  return models.VAE(**shared)

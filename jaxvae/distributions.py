@@ -45,6 +45,11 @@ def bernoulli_log_likelihood(x: jax.Array, logits: jax.Array) -> jax.Array:
   return -jnp.sum(optax.sigmoid_binary_cross_entropy(logits, x), axis=-1)
 
 
+def gaussian_log_density(x: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Array:
+  """log N(x_d; mean_d, exp(logvar_d)) of every dimension, nats: [..., D] -> [..., D]."""
+  return stats.norm.logpdf(x, mean, jnp.exp(0.5 * logvar))
+
+
 def gaussian_log_likelihood(x: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Array:
   """log N(x; mean, diag(exp(logvar))), summed over the last axis, in nats.
 
@@ -54,7 +59,7 @@ def gaussian_log_likelihood(x: jax.Array, mean: jax.Array, logvar: jax.Array) ->
   Returns:
     [...] log-density.
   """
-  return jnp.sum(stats.norm.logpdf(x, mean, jnp.exp(0.5 * logvar)), axis=-1)
+  return jnp.sum(gaussian_log_density(x, mean, logvar), axis=-1)
 
 
 def standard_normal_log_density(z: jax.Array) -> jax.Array:

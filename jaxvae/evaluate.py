@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxvae import models
 from jaxvae import objectives
 
 
@@ -54,9 +55,17 @@ def active_units(model: nn.Module, params, x_NxD: jax.Array, threshold: float = 
   """Latent dimensions whose posterior mean varies over the data: Var_x(E_q[z_l | x]) > threshold.
 
   The activity statistic of Burda et al. (2015), section 5.2, with their threshold 0.01.
+  For a `models.TwoLayerVAE`, the top layer z, through the mean path (`model.encode`);
+  `h1_active_units` counts the lower layer.
   """
   variance_L = jnp.var(latent_means(model, params, x_NxD), axis=0)
   return int(jnp.sum(variance_L > threshold))
+
+
+def h1_active_units(model: models.TwoLayerVAE, params, x_NxD: jax.Array, threshold: float = 0.01) -> int:
+  """`active_units` of the lower layer of a two-layer model: Var_x(E_q[h1 | x]) > threshold."""
+  means = jax.jit(lambda p, x: model.apply(p, x, method=model.encode_h1)[0])(params, x_NxD)
+  return int(jnp.sum(jnp.var(means, axis=0) > threshold))
 
 
 @functools.partial(jax.jit, static_argnames=("model", "num_samples", "chunk_size"))

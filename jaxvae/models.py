@@ -3,6 +3,10 @@
 The VAE module only maps x -> (mean, logvar) and z -> logits; sampling lives in
 `jaxvae.distributions.reparameterize`, with an explicit key, so every module call
 is deterministic and can be jitted, vmapped and differentiated freely.
+
+Two architectures for the networks that touch the image ("mlp", "conv") and
+two depths of the latent hierarchy: `VAE` (one stochastic layer) and
+`TwoLayerVAE` (Burda et al. 2015's two stochastic layers).
 """
 
 from typing import Callable
@@ -20,6 +24,11 @@ WEIGHT_INITS = ("uniform", "lecun_normal")
 # "data_mean": the decoder's output biases start at the logit of the mean training pixel, so the
 # untrained model already predicts the average image (Burda et al. 2015).
 OUTPUT_BIASES = ("init", "data_mean")
+# The networks between x and the first latent layer: Dense layers, or two stride-2 convolutions
+# (28 -> 14 -> 7, 32 and 64 channels) before the Dense layers of the encoder, mirrored by
+# transposed convolutions after those of the decoder.
+ARCHITECTURES = ("mlp", "conv")
+MNIST_SHAPE = (28, 28, 1)
 MNIST_DIM = 28 * 28
 
 
@@ -58,34 +67,72 @@ class MLP(nn.Module):
     return dense(self.output_dim, h.shape[-1], self.weight_init, "out")(h)
 
 
+CONV_CHANNELS = (32, 64)
+
+
+def _check_architecture(architecture: str, output_dim: int) -> None:
+  if architecture not in ARCHITECTURES:
+    raise ValueError(f"unknown architecture {architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
+  if architecture == "conv" and output_dim != MNIST_DIM:
+    raise ValueError(f"the conv architecture reads 28x28 images (output_dim {MNIST_DIM}), got {output_dim}")
+
+
 class Encoder(nn.Module):
-  """q(z | x) = N(mean, diag(exp(logvar))): x [..., D] -> (mean, logvar) [..., L]."""
+  """q(z | x) = N(mean, diag(exp(logvar))): x [..., D] -> (mean, logvar) [..., L].
+
+  "conv": x is read as a 28x28 image and passes two stride-2 convolutions (4x4
+  kernels, `CONV_CHANNELS`) before the Dense layers.
+  """
 
   latent_dim: int
   hidden_dim: int = 400
   num_layers: int = 1
   activation: str = "relu"
   weight_init: str = "uniform"
+  architecture: str = "mlp"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    if self.architecture == "conv":
+      _check_architecture(self.architecture, x.shape[-1])
+      act = get_activation(self.activation)
+      h = x.reshape(*x.shape[:-1], *MNIST_SHAPE)
+      for i, channels in enumerate(CONV_CHANNELS):
+        h = act(nn.Conv(channels, (4, 4), strides=2, name=f"conv_{i}")(h))
+      x = h.reshape(*x.shape[:-1], -1)
     out = MLP(self.hidden_dim, self.num_layers, 2 * self.latent_dim, self.activation, self.weight_init, name="mlp")(x)
     mean, logvar = jnp.split(out, 2, axis=-1)
     return mean, logvar
 
 
 class Decoder(nn.Module):
-  """p(x | z): z [..., L] -> Bernoulli logits [..., D]."""
+  """p(x | z): z [..., L] -> Bernoulli logits [..., D].
+
+  "conv": the Dense layers give a 7x7x64 map, then two stride-2 transposed
+  convolutions (4x4 kernels) give the 28x28 logits, plus a bias per pixel.
+  """
 
   output_dim: int = MNIST_DIM
   hidden_dim: int = 400
   num_layers: int = 1
   activation: str = "relu"
   weight_init: str = "uniform"
+  architecture: str = "mlp"
 
   @nn.compact
   def __call__(self, z: jax.Array) -> jax.Array:
-    return MLP(self.hidden_dim, self.num_layers, self.output_dim, self.activation, self.weight_init, name="mlp")(z)
+    if self.architecture == "mlp":
+      return MLP(self.hidden_dim, self.num_layers, self.output_dim, self.activation, self.weight_init, name="mlp")(z)
+    _check_architecture(self.architecture, self.output_dim)
+    act = get_activation(self.activation)
+    side = MNIST_SHAPE[0] // 2 ** len(CONV_CHANNELS)
+    h = act(MLP(self.hidden_dim, self.num_layers, side * side * CONV_CHANNELS[-1], self.activation,
+                self.weight_init, name="mlp")(z))
+    h = h.reshape(*z.shape[:-1], side, side, CONV_CHANNELS[-1])
+    for i, channels in enumerate(CONV_CHANNELS[-2::-1]):
+      h = act(nn.ConvTranspose(channels, (4, 4), strides=(2, 2), name=f"deconv_{i}")(h))
+    h = nn.ConvTranspose(MNIST_SHAPE[-1], (4, 4), strides=(2, 2), use_bias=False, name="deconv_out")(h)
+    return h.reshape(*z.shape[:-1], self.output_dim) + self.param("bias", nn.initializers.zeros, (self.output_dim,))
 
 
 class VAE(nn.Module):
@@ -103,10 +150,14 @@ class VAE(nn.Module):
   num_layers: int = 1
   activation: str = "relu"
   weight_init: str = "uniform"
+  architecture: str = "mlp"
 
   def setup(self):
-    self.encoder = Encoder(self.latent_dim, self.hidden_dim, self.num_layers, self.activation, self.weight_init)
-    self.decoder = Decoder(self.output_dim, self.hidden_dim, self.num_layers, self.activation, self.weight_init)
+    _check_architecture(self.architecture, self.output_dim)
+    self.encoder = Encoder(self.latent_dim, self.hidden_dim, self.num_layers, self.activation, self.weight_init,
+                           self.architecture)
+    self.decoder = Decoder(self.output_dim, self.hidden_dim, self.num_layers, self.activation, self.weight_init,
+                           self.architecture)
 
   def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """x [..., D] in [0, 1] -> (mean, logvar), each [..., L]."""
@@ -121,13 +172,85 @@ class VAE(nn.Module):
     return self.decode(mean)
 
 
-def init_params(model: VAE, key: jax.Array, output_bias_D: jax.Array | None = None):
+class TwoLayerVAE(nn.Module):
+  """Two stochastic layers, x <-> h1 <-> z (Burda et al. 2015, section 5).
+
+  Inference q(h1 | x) q(z | h1), generation p(z) p(h1 | z) p(x | h1), with p(z) =
+  N(0, I), diagonal Gaussians for q(h1 | x), q(z | h1), p(h1 | z) and Bernoulli
+  p(x | h1). The x-side networks (`hidden_dim`, `architecture`) are those of a
+  one-layer `VAE` with latent size `h1_dim`; the h1 <-> z networks are MLPs of
+  width `top_hidden_dim`; both have `num_layers` hidden layers.
+
+  The four conditionals are `encode_h1`, `encode_top`, `decode_top` and
+  `decode_h1`; `jaxvae.objectives` samples through them for the ELBO and the IWAE
+  bound. `encode` and `decode` are the deterministic paths through the means,
+  x -> E[h1 | x] -> q(z | h1) and z -> E[h1 | z] -> logits, so that the pictures
+  and latent-space tools of a one-layer VAE apply to the top latent z (`latent_dim`).
+  """
+
+  latent_dim: int = 50
+  h1_dim: int = 100
+  output_dim: int = MNIST_DIM
+  hidden_dim: int = 200
+  top_hidden_dim: int = 100
+  num_layers: int = 2
+  activation: str = "tanh"
+  weight_init: str = "uniform"
+  architecture: str = "mlp"
+
+  def setup(self):
+    _check_architecture(self.architecture, self.output_dim)
+    self.encoder = Encoder(self.h1_dim, self.hidden_dim, self.num_layers, self.activation, self.weight_init,
+                           self.architecture)
+    self.decoder = Decoder(self.output_dim, self.hidden_dim, self.num_layers, self.activation, self.weight_init,
+                           self.architecture)
+    self.top_encoder = Encoder(self.latent_dim, self.top_hidden_dim, self.num_layers, self.activation,
+                               self.weight_init)
+    self.top_decoder = Encoder(self.h1_dim, self.top_hidden_dim, self.num_layers, self.activation, self.weight_init)
+
+  def encode_h1(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """q(h1 | x): x [..., D] -> (mean, logvar) [..., H1]."""
+    return self.encoder(x)
+
+  def encode_top(self, h1: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """q(z | h1): h1 [..., H1] -> (mean, logvar) [..., L]."""
+    return self.top_encoder(h1)
+
+  def decode_top(self, z: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """p(h1 | z): z [..., L] -> (mean, logvar) [..., H1]."""
+    return self.top_decoder(z)
+
+  def decode_h1(self, h1: jax.Array) -> jax.Array:
+    """p(x | h1): h1 [..., H1] -> logits [..., D]."""
+    return self.decoder(h1)
+
+  def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """q(z | h1 = E[h1 | x]): x [..., D] -> (mean, logvar) [..., L], the mean path."""
+    return self.encode_top(self.encode_h1(x)[0])
+
+  def decode(self, z: jax.Array) -> jax.Array:
+    """p(x | h1 = E[h1 | z]): z [..., L] -> logits [..., D], the mean path."""
+    return self.decode_h1(self.decode_top(z)[0])
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    mean, _ = self.encode(x)
+    return self.decode(mean)
+
+
+def output_bias_path(model: nn.Module) -> tuple[str, ...]:
+  """Where the decoder's per-pixel output biases sit in `model`'s variables."""
+  if getattr(model, "architecture", "mlp") == "conv":
+    return ("params", "decoder", "bias")
+  return ("params", "decoder", "mlp", "out", "bias")
+
+
+def init_params(model: VAE | TwoLayerVAE, key: jax.Array, output_bias_D: jax.Array | None = None):
   """Initial parameters of `model` for inputs of size `model.output_dim`; with `output_bias_D`,
   the decoder's output-layer biases set to it (see `data_mean_bias`)."""
   params = model.init(key, jnp.zeros((model.output_dim,), jnp.float32))
   if output_bias_D is not None:
     flat = flax.traverse_util.flatten_dict(params)
-    flat[("params", "decoder", "mlp", "out", "bias")] = jnp.asarray(output_bias_D, jnp.float32)
+    flat[output_bias_path(model)] = jnp.asarray(output_bias_D, jnp.float32)
     params = flax.traverse_util.unflatten_dict(flat)
   return params
 

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxvae import distributions
+from jaxvae import models
 
 
 class Elbo(NamedTuple):
@@ -39,8 +40,10 @@ def elbo(model: nn.Module, params, key: jax.Array, x_D: jax.Array) -> Elbo:
     x_D: [D] one example.
 
   Returns:
-    `Elbo` of scalars.
+    `Elbo` of scalars. For a `models.TwoLayerVAE`, see `two_layer_elbo`.
   """
+  if isinstance(model, models.TwoLayerVAE):
+    return two_layer_elbo(model, params, key, x_D)
   mean_L, logvar_L = model.apply(params, x_D, method=model.encode)
   z_L = distributions.reparameterize(key, mean_L, logvar_L)
   logits_D = model.apply(params, z_L, method=model.decode)
@@ -48,6 +51,29 @@ def elbo(model: nn.Module, params, key: jax.Array, x_D: jax.Array) -> Elbo:
   kl_L = distributions.kl_per_dimension(mean_L, logvar_L)
   kl = jnp.sum(kl_L)
   return Elbo(reconstruction - kl, reconstruction, kl, kl_L)
+
+
+def two_layer_elbo(model: models.TwoLayerVAE, params, key: jax.Array, x_D: jax.Array) -> Elbo:
+  """Single-sample ELBO of a two-stochastic-layer model for ONE example x_D.
+
+  With h1 ~ q(h1 | x) and z ~ q(z | h1):
+    ELBO = log p(x | h1) - [log q(h1 | x) - log p(h1 | z)] - KL(q(z | h1) || N(0, I)),
+  the h1 term sampled, the top KL analytic given h1. `kl` is the sum of both
+  terms and `kl_dims` [H1 + L] their per-dimension parts (h1's first), which free
+  bits act on.
+  """
+  h1_key, z_key = jax.random.split(key)
+  mean_H, logvar_H = model.apply(params, x_D, method=model.encode_h1)
+  h1_H = distributions.reparameterize(h1_key, mean_H, logvar_H)
+  mean_L, logvar_L = model.apply(params, h1_H, method=model.encode_top)
+  z_L = distributions.reparameterize(z_key, mean_L, logvar_L)
+  prior_mean_H, prior_logvar_H = model.apply(params, z_L, method=model.decode_top)
+  reconstruction = distributions.bernoulli_log_likelihood(x_D, model.apply(params, h1_H, method=model.decode_h1))
+  kl_h1_H = (distributions.gaussian_log_density(h1_H, mean_H, logvar_H)
+             - distributions.gaussian_log_density(h1_H, prior_mean_H, prior_logvar_H))
+  kl_dims = jnp.concatenate([kl_h1_H, distributions.kl_per_dimension(mean_L, logvar_L)])
+  kl = jnp.sum(kl_dims)
+  return Elbo(reconstruction - kl, reconstruction, kl, kl_dims)
 
 
 def reconstruction_log_likelihood(model: nn.Module, params, x_D: jax.Array) -> jax.Array:
@@ -84,13 +110,40 @@ def multi_sample_elbo(model: nn.Module, params, key: jax.Array, x_D: jax.Array, 
   return jax.tree.map(lambda a: jnp.mean(a, axis=0), terms)
 
 
-def _log_weight(model: nn.Module, params, x_D, mean_L, logvar_L, sample_key) -> tuple[jax.Array, jax.Array]:
-  """(log p(x, z) - log q(z | x), log p(x | z)) at one z ~ q(z | x) drawn with `sample_key`."""
-  z_L = distributions.reparameterize(sample_key, mean_L, logvar_L)
-  log_px_given_z = distributions.bernoulli_log_likelihood(x_D, model.apply(params, z_L, method=model.decode))
-  log_pz = distributions.standard_normal_log_density(z_L)
-  log_qz = distributions.gaussian_log_likelihood(z_L, mean_L, logvar_L)
-  return log_px_given_z + log_pz - log_qz, log_px_given_z
+def importance_sampler(model: nn.Module, params, x_D: jax.Array):
+  """For ONE example, a function sample_key -> (log w, log p(x | z)) at one draw from q.
+
+  log w = log p(x, z) - log q(z | x) (for a `models.TwoLayerVAE`, z = (h1, z) and
+  log w = log p(x | h1) + log p(h1 | z) + log p(z) - log q(h1 | x) - log q(z | h1)).
+  The first encoder runs once, here, for all draws.
+  """
+  if isinstance(model, models.TwoLayerVAE):
+    mean_H, logvar_H = model.apply(params, x_D, method=model.encode_h1)
+
+    def two_layer_sample(sample_key):
+      h1_key, z_key = jax.random.split(sample_key)
+      h1_H = distributions.reparameterize(h1_key, mean_H, logvar_H)
+      mean_L, logvar_L = model.apply(params, h1_H, method=model.encode_top)
+      z_L = distributions.reparameterize(z_key, mean_L, logvar_L)
+      prior_mean_H, prior_logvar_H = model.apply(params, z_L, method=model.decode_top)
+      log_px = distributions.bernoulli_log_likelihood(x_D, model.apply(params, h1_H, method=model.decode_h1))
+      log_p = (log_px + distributions.gaussian_log_likelihood(h1_H, prior_mean_H, prior_logvar_H)
+               + distributions.standard_normal_log_density(z_L))
+      log_q = (distributions.gaussian_log_likelihood(h1_H, mean_H, logvar_H)
+               + distributions.gaussian_log_likelihood(z_L, mean_L, logvar_L))
+      return log_p - log_q, log_px
+
+    return two_layer_sample
+  mean_L, logvar_L = model.apply(params, x_D, method=model.encode)
+
+  def sample(sample_key):
+    z_L = distributions.reparameterize(sample_key, mean_L, logvar_L)
+    log_px = distributions.bernoulli_log_likelihood(x_D, model.apply(params, z_L, method=model.decode))
+    log_pz = distributions.standard_normal_log_density(z_L)
+    log_qz = distributions.gaussian_log_likelihood(z_L, mean_L, logvar_L)
+    return log_px + log_pz - log_qz, log_px
+
+  return sample
 
 
 def iwae_objective(model: nn.Module, params, key: jax.Array, x_D: jax.Array, num_samples: int) -> Elbo:
@@ -98,15 +151,13 @@ def iwae_objective(model: nn.Module, params, key: jax.Array, x_D: jax.Array, num
 
   `elbo` holds the bound log (1/k) sum_k w_k (with k = 1, the ELBO with a sampled
   rather than analytic KL: the same in expectation); `reconstruction` and `kl`
-  hold the mean log p(x | z_k) and the analytic KL, for the logs. Sample k uses
-  split(key, k)[k], as in `log_importance_weights`.
+  hold the mean of log p(x | z_k) and of log p(x | z_k) - log w_k (a sampled
+  KL), for the logs. Sample k uses split(key, k)[k], as in `log_importance_weights`.
   """
-  mean_L, logvar_L = model.apply(params, x_D, method=model.encode)
-  log_w_K, log_px_K = jax.vmap(functools.partial(_log_weight, model, params, x_D, mean_L, logvar_L))(
-      jax.random.split(key, num_samples))
+  log_w_K, log_px_K = jax.vmap(importance_sampler(model, params, x_D))(jax.random.split(key, num_samples))
   bound = jax.nn.logsumexp(log_w_K) - jnp.log(num_samples)
-  kl_L = distributions.kl_per_dimension(mean_L, logvar_L)
-  return Elbo(bound, jnp.mean(log_px_K), jnp.sum(kl_L), kl_L)
+  mean_log_px = jnp.mean(log_px_K)
+  return Elbo(bound, mean_log_px, mean_log_px - jnp.mean(log_w_K))
 
 
 TRAINING_OBJECTIVES = ("elbo", "iwae")
@@ -176,8 +227,8 @@ def log_importance_weights(
   Returns:
     [K] log-weights in nats.
   """
-  mean_L, logvar_L = model.apply(params, x_D, method=model.encode)
-  log_weight = lambda sample_key: _log_weight(model, params, x_D, mean_L, logvar_L, sample_key)[0]
+  sampler = importance_sampler(model, params, x_D)
+  log_weight = lambda sample_key: sampler(sample_key)[0]
 
   # Sample k always uses split(key, K)[k], so the result does not depend on chunk_size;
   # the last chunk is padded with repeated keys whose weights are dropped.

@@ -388,6 +388,8 @@ class _Run:
       final = {"final": True, "epoch": config.num_epochs, "step": int(step),
                **test_elbo(self.model, params, replica.keys.eval, self.test_x, config.objective),
                "active_units": evaluate.active_units(self.model, params, self.test_x)}
+      if config.stochastic_layers == 2:
+        final["h1_active_units"] = evaluate.h1_active_units(self.model, params, self.test_x)
       if config.iwae_samples:
         start = time.perf_counter()
         bounds = evaluate.iwae_bounds(self.model, params, replica.keys.eval, self.test_x,
@@ -403,6 +405,8 @@ class _Run:
         append_metrics(replica.metrics_path, final)
       summary = (f"test {self.loss_name} {final['test_neg_elbo']:.2f} nats, "
                  f"{final['active_units']}/{config.latent_dim} active units")
+      if "h1_active_units" in final:
+        summary += f" (h1: {final['h1_active_units']}/{config.h1_dim})"
       if "iwae_nll" in final:
         summary += (f", IWAE NLL (k={config.iwae_samples}) {final['iwae_nll']:.2f} "
                     f"± {final['iwae_nll_stderr']:.2f}")

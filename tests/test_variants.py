@@ -27,13 +27,16 @@ def test_iwae_objective_with_one_sample_is_the_elbo(model_params_x):
   one = objectives.iwae_objective(model, params, key, x, 1)
   # The same z: log p(x | z) + log p(z) - log q(z | x), the ELBO with the KL sampled.
   np.testing.assert_allclose(one.elbo, objectives.log_importance_weights(model, params, key, x, 1)[0], rtol=1e-6)
-  analytic = objectives.elbo(model, params, key, x)
-  np.testing.assert_allclose(one.kl, analytic.kl, rtol=1e-6)
+  np.testing.assert_allclose(one.reconstruction - one.kl, one.elbo, rtol=1e-6)  # the KL as sampled
   # In expectation, the analytic-KL ELBO.
-  keys = jax.random.split(jax.random.key(3), 4000)
+  assert_iwae_k1_is_the_elbo_in_expectation(model, params, x, jax.random.key(3))
+
+
+def assert_iwae_k1_is_the_elbo_in_expectation(model, params, x, key, num=4000):
+  keys = jax.random.split(key, num)
   sampled = jax.vmap(lambda k: objectives.iwae_objective(model, params, k, x, 1).elbo)(keys)
   exact = jax.vmap(lambda k: objectives.elbo(model, params, k, x).elbo)(keys)
-  assert abs(float(sampled.mean() - exact.mean())) < 4 * float(sampled.std()) / np.sqrt(len(keys))
+  assert abs(float(sampled.mean() - exact.mean())) < 4 * float(sampled.std()) / np.sqrt(num)
 
 
 def test_the_iwae_bound_rises_with_k_on_a_fixed_model(model_params_x):
@@ -152,3 +155,90 @@ def test_variant_flags_reach_the_config(tiny_npz, tmp_path):
                  "--train_objective=iwae", "--beta=0.5", check=False)
   assert proc.returncode != 0 and proc.stderr.strip().splitlines()[-1].startswith(
       "error: beta, kl_warmup_epochs and free_bits reweight the ELBO's KL term")
+
+
+@pytest.fixture(scope="module")
+def two_layer_params_x():
+  model = jaxvae.TwoLayerVAE(latent_dim=3, h1_dim=5, hidden_dim=32, top_hidden_dim=16)
+  params = jaxvae.init_params(model, jax.random.key(0))
+  x = (jax.random.uniform(jax.random.key(1), (784,)) < 0.2).astype(jnp.float32)
+  return model, params, x
+
+
+def test_the_two_layer_elbo_decomposes_into_its_conditionals(two_layer_params_x):
+  model, params, x = two_layer_params_x
+  key = jax.random.key(6)
+  terms = objectives.elbo(model, params, key, x)  # dispatches to two_layer_elbo
+  # The same draws by hand, through the four conditionals.
+  m = model.bind(params)
+  h1_key, z_key = jax.random.split(key)
+  mean1, logvar1 = m.encode_h1(x)
+  h1 = mean1 + jnp.exp(0.5 * logvar1) * jax.random.normal(h1_key, mean1.shape)
+  mean2, logvar2 = m.encode_top(h1)
+  prior_mean1, prior_logvar1 = m.decode_top(mean2 + jnp.exp(0.5 * logvar2) * jax.random.normal(z_key, mean2.shape))
+  normal = jax.scipy.stats.norm.logpdf
+  log_px = jnp.sum(x * jax.nn.log_sigmoid(m.decode_h1(h1)) + (1 - x) * jax.nn.log_sigmoid(-m.decode_h1(h1)))
+  kl_h1 = jnp.sum(normal(h1, mean1, jnp.exp(0.5 * logvar1)) - normal(h1, prior_mean1, jnp.exp(0.5 * prior_logvar1)))
+  kl_top = jnp.sum(0.5 * (jnp.exp(logvar2) + mean2**2 - 1 - logvar2))
+  np.testing.assert_allclose(terms.reconstruction, log_px, rtol=1e-5)
+  np.testing.assert_allclose(terms.kl, kl_h1 + kl_top, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(terms.elbo, terms.reconstruction - terms.kl, rtol=1e-6)
+  assert terms.kl_dims.shape == (5 + 3,)
+  np.testing.assert_allclose(jnp.sum(terms.kl_dims[5:]), kl_top, rtol=1e-5)
+  # In expectation the ELBO equals E[log w] with one importance sample (sampled top KL).
+  assert_iwae_k1_is_the_elbo_in_expectation(model, params, x, jax.random.key(7))
+
+
+def test_the_two_layer_iwae_bound_rises_with_k(two_layer_params_x):
+  model, params, x = two_layer_params_x
+  keys = jax.random.split(jax.random.key(8), 200)
+  means = [float(jax.vmap(lambda k, n=n: objectives.iwae_bound(model, params, k, x, n, chunk_size=8))(keys).mean())
+           for n in (1, 10, 100)]
+  assert means[0] < means[1] < means[2], means
+
+
+def test_conv_networks_read_images_and_take_the_data_mean_bias():
+  images = np.zeros((4, 784), np.uint8)
+  images[:2, :10] = 255
+  bias = jaxvae.models.data_mean_bias(images)
+  for model in (jaxvae.VAE(latent_dim=2, hidden_dim=8, architecture="conv"),
+                jaxvae.TwoLayerVAE(latent_dim=2, h1_dim=3, hidden_dim=8, top_hidden_dim=4, architecture="conv")):
+    params = jaxvae.init_params(model, jax.random.key(0), bias)
+    assert "conv_1" in params["params"]["encoder"] and "deconv_out" in params["params"]["decoder"]
+    np.testing.assert_array_equal(params["params"]["decoder"]["bias"], bias)
+    x = (jax.random.uniform(jax.random.key(1), (6, 784)) < 0.2).astype(jnp.float32)
+    terms = objectives.batch_elbo(model, params, jax.random.key(2), x)
+    assert terms.elbo.shape == (6,) and bool(jnp.all(jnp.isfinite(terms.elbo)))
+    # One image alone gives the same logits as inside a batch.
+    np.testing.assert_allclose(model.apply(params, x[0]), model.apply(params, x)[0], rtol=1e-4, atol=1e-4)
+  with pytest.raises(ValueError, match="28x28 images"):
+    jaxvae.init_params(jaxvae.VAE(output_dim=100, architecture="conv"), jax.random.key(0))
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(stochastic_layers=3), "stochastic_layers must be 1 or 2"),
+    (dict(model="ae", stochastic_layers=2), "model ae is deterministic"),
+    (dict(stochastic_layers=2, h1_dim=0), "h1_dim must be positive"),
+    (dict(architecture="resnet"), "architecture must be one of mlp, conv"),
+])
+def test_config_refuses_bad_model_shapes(fields, message):
+  with pytest.raises(jaxvae.ConfigError, match=message):
+    jaxvae.Config(**fields).validate()
+
+
+def test_two_layer_and_conv_runs_train_record_and_reload(tiny_npz, tmp_path):
+  workdir = tmp_path / "two"
+  proc = run_cli("--data_source=npz", f"--data_path={tiny_npz}", f"--workdir={workdir}", "--stochastic_layers=2",
+                 "--architecture=conv", "--latent_dim=2", "--h1_dim=4", "--hidden_dim=16", "--top_hidden_dim=8",
+                 "--num_layers=1", "--batch_size=64", "--num_epochs=2", "--eval_iwae_samples=10",
+                 "--free_bits=0.05")
+  assert "(h1: " in proc.stdout
+  final = jaxvae.run.read_metrics(workdir / "metrics.jsonl")[-1]
+  assert final["iwae_nll"] <= final["test_neg_elbo"] and 0 <= final["h1_active_units"] <= 4
+  assert (workdir / "samples.png").is_file() and (workdir / "interpolations.png").is_file()
+  model, params, config = jaxvae.load_model(workdir)
+  assert isinstance(model, jaxvae.TwoLayerVAE) and model.architecture == "conv" and config.h1_dim == 4
+  mnist = jaxvae.load_mnist("npz", path=tiny_npz)
+  test_x = jnp.asarray(jaxvae.test_targets(mnist.test.images, "dynamic"))
+  reloaded = jaxvae.run.test_elbo(model, params, jaxvae.KeyStreams.from_seed(0).eval, test_x)
+  assert reloaded["test_neg_elbo"] == pytest.approx(final["test_neg_elbo"], rel=1e-5)

@@ -33,6 +33,7 @@ METRICS = (  # (column, key in the final record, format)
     ("IWAE NLL", "iwae_nll", ".2f"),
     ("KL", "test_kl", ".2f"),
     ("active units", "active_units", ".1f"),
+    ("h1 active units", "h1_active_units", ".1f"),  # two stochastic layers only
     ("wall time (s)", "wall_seconds", ".0f"),
 )
 IGNORED = ("seed", "num_replicas", "data_dir", "data_path", "tfds_download", "checkpoint_every")
@@ -91,11 +92,13 @@ def aggregate(runs: list[Run], fields: list[str]) -> list[dict]:
 
 
 def markdown(rows: list[dict], fields: list[str]) -> str:
-  header = [*fields, "seeds", *(column for column, _, _ in METRICS)]
+  """The table of `aggregate`'s rows; a metric no row has (h1 active units of one-layer models) is left out."""
+  metrics = [m for m in METRICS if any(m[1] in row["metrics"] for row in rows)]
+  header = [*fields, "seeds", *(column for column, _, _ in metrics)]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for row in rows:
     cells = [str(row["settings"][f]) for f in fields] + [str(len(row["seeds"]))]
-    for _, name, fmt in METRICS:
+    for _, name, fmt in metrics:
       if name not in row["metrics"]:
         cells.append("—")
         continue

@@ -141,6 +141,17 @@ def final(nll, kl, epochs=10):
            "active_units": kl / 2, "wall_seconds": 60.0}]
 
 
+def test_summary_shows_h1_active_units_when_a_two_layer_run_has_them(tmp_path):
+  write_run(tmp_path / "stochastic_layers=1", final(90.0, 20.0), stochastic_layers=1)
+  two = final(88.0, 24.0)
+  two[-1]["h1_active_units"] = 30
+  write_run(tmp_path / "stochastic_layers=2", two, stochastic_layers=2)
+  lines = summarize.summarize(tmp_path).splitlines()
+  assert lines[0] == ("| stochastic_layers | seeds | test −ELBO | IWAE NLL | KL | active units | h1 active units | "
+                      "wall time (s) |")
+  assert lines[2].endswith("| 10.0 | — | 60 |") and lines[3].endswith("| 12.0 | 30.0 | 60 |")
+
+
 def test_summary_aggregates_seeds_and_lists_incomplete_runs(tmp_path):
   for latent, seed, nll in [(2, 0, 130.0), (2, 1, 132.0), (2, 2, 134.0), (20, 0, 100.0)]:
     write_run(tmp_path / f"latent_dim={latent},seed={seed}", final(nll, latent + seed), latent_dim=latent, seed=seed)

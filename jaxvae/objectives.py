@@ -53,6 +53,23 @@ def elbo(model: nn.Module, params, key: jax.Array, x_D: jax.Array) -> Elbo:
   return Elbo(reconstruction - kl, reconstruction, kl, kl_L)
 
 
+def _two_layer_draw(model: models.TwoLayerVAE, params, x_D, mean_H, logvar_H, key: jax.Array):
+  """One draw h1 ~ q(h1 | x) (given its mean, logvar), z ~ q(z | h1) for ONE example.
+
+  Returns (log p(x | h1), log q(h1 | x) - log p(h1 | z) per dimension [H1], z [L],
+  and q(z | h1)'s mean and logvar [L]).
+  """
+  h1_key, z_key = jax.random.split(key)
+  h1_H = distributions.reparameterize(h1_key, mean_H, logvar_H)
+  mean_L, logvar_L = model.apply(params, h1_H, method=model.encode_top)
+  z_L = distributions.reparameterize(z_key, mean_L, logvar_L)
+  prior_mean_H, prior_logvar_H = model.apply(params, z_L, method=model.decode_top)
+  log_px = distributions.bernoulli_log_likelihood(x_D, model.apply(params, h1_H, method=model.decode_h1))
+  kl_h1_H = (distributions.gaussian_log_density(h1_H, mean_H, logvar_H)
+             - distributions.gaussian_log_density(h1_H, prior_mean_H, prior_logvar_H))
+  return log_px, kl_h1_H, z_L, mean_L, logvar_L
+
+
 def two_layer_elbo(model: models.TwoLayerVAE, params, key: jax.Array, x_D: jax.Array) -> Elbo:
   """Single-sample ELBO of a two-stochastic-layer model for ONE example x_D.
 
@@ -62,15 +79,8 @@ def two_layer_elbo(model: models.TwoLayerVAE, params, key: jax.Array, x_D: jax.A
   terms and `kl_dims` [H1 + L] their per-dimension parts (h1's first), which free
   bits act on.
   """
-  h1_key, z_key = jax.random.split(key)
   mean_H, logvar_H = model.apply(params, x_D, method=model.encode_h1)
-  h1_H = distributions.reparameterize(h1_key, mean_H, logvar_H)
-  mean_L, logvar_L = model.apply(params, h1_H, method=model.encode_top)
-  z_L = distributions.reparameterize(z_key, mean_L, logvar_L)
-  prior_mean_H, prior_logvar_H = model.apply(params, z_L, method=model.decode_top)
-  reconstruction = distributions.bernoulli_log_likelihood(x_D, model.apply(params, h1_H, method=model.decode_h1))
-  kl_h1_H = (distributions.gaussian_log_density(h1_H, mean_H, logvar_H)
-             - distributions.gaussian_log_density(h1_H, prior_mean_H, prior_logvar_H))
+  reconstruction, kl_h1_H, _, mean_L, logvar_L = _two_layer_draw(model, params, x_D, mean_H, logvar_H, key)
   kl_dims = jnp.concatenate([kl_h1_H, distributions.kl_per_dimension(mean_L, logvar_L)])
   kl = jnp.sum(kl_dims)
   return Elbo(reconstruction - kl, reconstruction, kl, kl_dims)
@@ -121,17 +131,10 @@ def importance_sampler(model: nn.Module, params, x_D: jax.Array):
     mean_H, logvar_H = model.apply(params, x_D, method=model.encode_h1)
 
     def two_layer_sample(sample_key):
-      h1_key, z_key = jax.random.split(sample_key)
-      h1_H = distributions.reparameterize(h1_key, mean_H, logvar_H)
-      mean_L, logvar_L = model.apply(params, h1_H, method=model.encode_top)
-      z_L = distributions.reparameterize(z_key, mean_L, logvar_L)
-      prior_mean_H, prior_logvar_H = model.apply(params, z_L, method=model.decode_top)
-      log_px = distributions.bernoulli_log_likelihood(x_D, model.apply(params, h1_H, method=model.decode_h1))
-      log_p = (log_px + distributions.gaussian_log_likelihood(h1_H, prior_mean_H, prior_logvar_H)
-               + distributions.standard_normal_log_density(z_L))
-      log_q = (distributions.gaussian_log_likelihood(h1_H, mean_H, logvar_H)
-               + distributions.gaussian_log_likelihood(z_L, mean_L, logvar_L))
-      return log_p - log_q, log_px
+      log_px, kl_h1_H, z_L, mean_L, logvar_L = _two_layer_draw(model, params, x_D, mean_H, logvar_H, sample_key)
+      log_pz = distributions.standard_normal_log_density(z_L)
+      log_qz = distributions.gaussian_log_likelihood(z_L, mean_L, logvar_L)
+      return log_px - jnp.sum(kl_h1_H) + log_pz - log_qz, log_px
 
     return two_layer_sample
   mean_L, logvar_L = model.apply(params, x_D, method=model.encode)

@@ -40,32 +40,35 @@ def posteriors(model: nn.Module, params, x_NxD: jax.Array, batch_size: int = 100
   return jax.lax.map(encode, x_NxD, batch_size=batch_size)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "batch_size"))
-def latent_means(model: nn.Module, params, x_NxD: jax.Array, batch_size: int = 1000) -> jax.Array:
+@functools.partial(jax.jit, static_argnames=("model", "batch_size", "method"))
+def latent_means(model: nn.Module, params, x_NxD: jax.Array, batch_size: int = 1000,
+                 method: str = "encode") -> jax.Array:
   """Posterior means E_q[z | x] of a whole data set, encoded `batch_size` examples at a time.
+
+  `method` names the encoder (for a `models.TwoLayerVAE`, "encode_h1" gives E_q[h1 | x]).
 
   Returns:
     [N, L] latent means.
   """
-  encode = lambda x_D: model.apply(params, x_D, method=model.encode)[0]
+  encode = lambda x_D: model.apply(params, x_D, method=getattr(model, method))[0]
   return jax.lax.map(encode, x_NxD, batch_size=batch_size)
 
 
-def active_units(model: nn.Module, params, x_NxD: jax.Array, threshold: float = 0.01) -> int:
+def active_units(model: nn.Module, params, x_NxD: jax.Array, threshold: float = 0.01,
+                 method: str = "encode") -> int:
   """Latent dimensions whose posterior mean varies over the data: Var_x(E_q[z_l | x]) > threshold.
 
   The activity statistic of Burda et al. (2015), section 5.2, with their threshold 0.01.
   For a `models.TwoLayerVAE`, the top layer z, through the mean path (`model.encode`);
   `h1_active_units` counts the lower layer.
   """
-  variance_L = jnp.var(latent_means(model, params, x_NxD), axis=0)
+  variance_L = jnp.var(latent_means(model, params, x_NxD, method=method), axis=0)
   return int(jnp.sum(variance_L > threshold))
 
 
 def h1_active_units(model: models.TwoLayerVAE, params, x_NxD: jax.Array, threshold: float = 0.01) -> int:
   """`active_units` of the lower layer of a two-layer model: Var_x(E_q[h1 | x]) > threshold."""
-  means = jax.jit(lambda p, x: model.apply(p, x, method=model.encode_h1)[0])(params, x_NxD)
-  return int(jnp.sum(jnp.var(means, axis=0) > threshold))
+  return active_units(model, params, x_NxD, threshold, method="encode_h1")
 
 
 @functools.partial(jax.jit, static_argnames=("model", "num_samples", "chunk_size"))

@@ -139,12 +139,18 @@ for axis in "${grid[@]}"; do
     [[ "$k" != "$key" ]] || die "--grid=$axis: $key has two axes"
   done
   keys+=("$key")
+  IFS=, read -ra vals <<<"$values"
+  declare -A seen=()
+  for v in "${vals[@]}"; do
+    [[ -z "${seen[$v]+x}" ]] || die "--grid=$axis: $v is given twice (two runs would share one directory)"
+    seen[$v]=1
+  done
+  unset seen
   if ((ensemble)) && [[ "$key" == seed ]]; then
     seeds="$values"  # the seeds become one program per configuration
     continue
   fi
   next=()
-  IFS=, read -ra vals <<<"$values"
   for point in "${points[@]}"; do
     for v in "${vals[@]}"; do
       next+=("${point:+$point,}$key=$v")

@@ -15,9 +15,7 @@ setting, AUROCs are averaged.
 
 import json
 import pathlib
-import sys
 
-from absl import app
 from absl import flags
 import jax
 import numpy as np
@@ -65,27 +63,18 @@ def markdown(table, digits) -> str:
 
 
 def main(argv):
-  if len(argv) != 2:
-    raise app.UsageError("usage: python -m experiments.anomaly SWEEP_DIR")
-  jaxvae.run.quiet_library_logs()
   root = pathlib.Path(argv[1])
-  try:
-    if not root.is_dir():
-      raise jaxvae.ConfigError(f"{root} is not a directory")
-    runs = [r for r in summarize.find_runs(root) if r.final is not None and r.config.exclude_digit is not None]
-    if not runs:
-      raise jaxvae.ConfigError(f"{root} holds no complete run with --exclude_digit")
-    data_sources = {(r.config.data_source, r.config.data_path, r.config.binarization) for r in runs}
-    if len(data_sources) > 1:
-      raise jaxvae.ConfigError(f"the runs under {root} use different data or binarizations: {sorted(data_sources)}")
-    mnist = jaxvae.load_mnist(_DATA_SOURCE.value, path=_DATA_PATH.value)
-  except (jaxvae.ConfigError, jaxvae.DataError) as e:
-    sys.exit(f"error: {e}")
+  if not root.is_dir():
+    raise jaxvae.ConfigError(f"{root} is not a directory")
+  runs = [r for r in summarize.find_runs(root) if r.final is not None and r.config.exclude_digit is not None]
+  if not runs:
+    raise jaxvae.ConfigError(f"{root} holds no complete run with --exclude_digit")
+  data_sources = {(r.config.data_source, r.config.data_path, r.config.binarization) for r in runs}
+  if len(data_sources) > 1:
+    raise jaxvae.ConfigError(f"the runs under {root} use different data or binarizations: {sorted(data_sources)}")
+  mnist = jaxvae.load_mnist(_DATA_SOURCE.value, path=_DATA_PATH.value)
   test_x = jaxvae.test_targets(mnist.test.images, runs[0].config.binarization)
-  try:
-    table = score_runs(runs, test_x, mnist.test.labels, _IWAE_SAMPLES.value)
-  except jaxvae.CheckpointError as e:
-    sys.exit(f"error: {e}")
+  table = score_runs(runs, test_x, mnist.test.labels, _IWAE_SAMPLES.value)
   digits = sorted({r.config.exclude_digit for r in runs})
   text = markdown(table, digits)
   (root / "anomaly.md").write_text(text)
@@ -116,4 +105,4 @@ def plot(path, table, digits) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  jaxvae.cli.run(main, positional="SWEEP_DIR")

@@ -17,10 +17,8 @@ All use binarization `none` (grayscale targets), Adam 1e-3, as the PyTorch examp
 The batch is split over all devices (`jaxvae.train.data_mesh`).
 """
 
-import sys
 import time
 
-from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
@@ -163,14 +161,13 @@ def torch_runner(images, batch_size, latent_dim, hidden_dim):
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  try:
-    images = jaxvae.load_mnist(_DATA_SOURCE.value, path=_DATA_PATH.value).train.images
-  except jaxvae.DataError as e:
-    sys.exit(f"error: {e}")
+  del argv
+  images = jaxvae.load_mnist(_DATA_SOURCE.value, path=_DATA_PATH.value).train.images
   if len(images) < _BATCH_SIZE.value:
-    sys.exit(f"error: --batch_size={_BATCH_SIZE.value} is larger than the {len(images)} training images")
+    raise jaxvae.ConfigError(f"--batch_size={_BATCH_SIZE.value} is larger than the {len(images)} training images")
+  if _BATCH_SIZE.value % jax.device_count():
+    raise jaxvae.ConfigError(f"--batch_size={_BATCH_SIZE.value} is not a multiple of the {jax.device_count()} "
+                             "devices each batch is split over")
   model = jaxvae.VAE(latent_dim=_LATENT_DIM.value, hidden_dim=_HIDDEN_DIM.value)
   optimizer = optax.adam(1e-3)
   args = (images, _BATCH_SIZE.value)
@@ -220,4 +217,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  jaxvae.cli.run(main)

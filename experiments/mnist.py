@@ -16,9 +16,7 @@ Each batch is split over all devices of all processes.
 """
 
 import dataclasses
-import sys
 
-from absl import app
 from absl import flags
 import jax
 
@@ -104,22 +102,15 @@ def config_from_flags() -> config_lib.Config:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  jaxvae.run.quiet_library_logs()
+  del argv
+  config = config_from_flags().validate()
   if _DISTRIBUTED.value or _COORDINATOR_ADDRESS.value or _NUM_PROCESSES.value or _PROCESS_ID.value is not None:
     try:
       jax.distributed.initialize(_COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     except (ValueError, RuntimeError) as e:
-      sys.exit(f"error: jax.distributed.initialize failed: {str(e).splitlines()[0]}")
-  try:
-    jaxvae.train_and_evaluate(config_from_flags().validate(), _WORKDIR.value, overwrite=_OVERWRITE.value)
-  except (config_lib.ConfigError, jaxvae.DataError, jaxvae.CheckpointError, jaxvae.NonFiniteError, OSError) as e:
-    sys.exit(f"error: {e}")
-  except jaxvae.Interrupted as e:
-    print(e, file=sys.stderr)
-    sys.exit(e.exit_code)
+      raise jaxvae.ConfigError(f"jax.distributed.initialize failed: {str(e).splitlines()[0]}") from None
+  jaxvae.train_and_evaluate(config, _WORKDIR.value, overwrite=_OVERWRITE.value)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  jaxvae.cli.run(main)

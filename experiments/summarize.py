@@ -16,9 +16,7 @@ import csv
 import dataclasses
 import math
 import pathlib
-import sys
 
-from absl import app
 from absl import flags
 import numpy as np
 
@@ -47,14 +45,24 @@ class Run:
   last_epoch: int
 
 
+def _is_vae_run(directory: pathlib.Path) -> bool:
+  marker = jaxvae.workdir.read_marker(directory)
+  if marker is not None:
+    return marker["kind"] in ("vae", "replica")
+  return jaxvae.run.is_legacy_run(directory) or config_lib.replica_of(directory) is not None
+
+
 def find_runs(root: pathlib.Path) -> list[Run]:
-  """Every single-model run under `root` (an ensemble's workdir stands for its replicas)."""
+  """Every single-model VAE/AE run under `root` (an ensemble's workdir stands for its replicas;
+  runs of other families are left out)."""
   runs = []
   for config_path in sorted(root.rglob("config.json")):
+    if not _is_vae_run(config_path.parent):
+      continue
     config = config_lib.Config.from_json_file(config_path)
     if config.num_replicas > 1:
       continue
-    records = jaxvae.run.read_metrics(config_path.parent / "metrics.jsonl")
+    records = jaxvae.read_metrics(config_path.parent / "metrics.jsonl")
     final = records[-1] if records and records[-1].get("final") else None
     epochs = [r["epoch"] for r in records if not r.get("final")]
     runs.append(Run(config_path.parent, config, final, max(epochs, default=0)))
@@ -162,6 +170,8 @@ def summarize(root, x: str | None = None) -> str:
   if not runs:
     raise ValueError(f"{root} holds no jaxvae runs (no config.json below it)")
   fields = varying_fields(runs)
+  if x is not None and x not in fields:  # before anything is written
+    raise ValueError(f"--x={x} is not a setting that varies in this sweep; these do: {', '.join(fields) or 'none'}")
   rows = aggregate(runs, fields)
   write_csv(root / "results.csv", runs, fields)
   table = markdown(rows, fields)
@@ -174,8 +184,6 @@ def summarize(root, x: str | None = None) -> str:
         f"  {r.directory}  (epoch {r.last_epoch}/{r.config.num_epochs})\n" for r in incomplete)
   (root / "results.md").write_text(report)
   numeric = [f for f in fields if all(isinstance(row["settings"][f], (int, float)) for row in rows)]
-  if x is not None and x not in fields:
-    raise ValueError(f"--x={x} is not a setting that varies in this sweep; these do: {', '.join(fields) or 'none'}")
   x = x or (numeric[0] if numeric else None)
   (root / "results.png").unlink(missing_ok=True)  # never leave the plot of an earlier state
   if x is not None and rows:
@@ -184,12 +192,10 @@ def summarize(root, x: str | None = None) -> str:
 
 
 def main(argv):
-  if len(argv) != 2:
-    raise app.UsageError("usage: python -m experiments.summarize <sweep directory>")
   try:
     report = summarize(argv[1], _X.value)
-  except (ValueError, config_lib.ConfigError) as e:
-    sys.exit(f"error: {e}")
+  except ValueError as e:
+    raise jaxvae.ConfigError(str(e)) from None
   print(report, end="")
   root = pathlib.Path(argv[1])
   written = [str(root / name) for name in ("results.csv", "results.md", "results.png") if (root / name).exists()]
@@ -197,4 +203,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  jaxvae.cli.run(main, positional="SWEEP_DIR")

@@ -3,16 +3,25 @@
 Everything an experiment uses is importable from here; see README.md for a tour.
 """
 
+from jaxvae import checkpoints
 from jaxvae import classifier
+from jaxvae import cli
 from jaxvae import conditional
+from jaxvae import cvae
 from jaxvae import data
 from jaxvae import latent
+from jaxvae import loop
 from jaxvae import models
+from jaxvae import pictures
+from jaxvae import records
 from jaxvae import run
+from jaxvae import semisupervised
 from jaxvae import train
-from jaxvae.checkpoints import CheckpointError, load_model
-from jaxvae.config import Config, ConfigError, build_model
-from jaxvae.data import BINARIZATIONS, DataError, Mnist, Split, load_mnist, test_targets, train_targets
+from jaxvae import workdir
+from jaxvae.checkpoints import load_model
+from jaxvae.config import Config, build_model
+from jaxvae.data import BINARIZATIONS, Mnist, Split, load_mnist, test_targets, train_targets
+from jaxvae.errors import CheckpointError, ConfigError, DataError, Interrupted, NonFiniteError, WorkdirError
 from jaxvae.distributions import (
     bernoulli_log_likelihood,
     gaussian_log_likelihood,
@@ -58,13 +67,17 @@ from jaxvae.objectives import (
     two_layer_elbo,
 )
 from jaxvae.plots import image_grid, save_image_grid
-from jaxvae.run import Interrupted, NonFiniteError, train_and_evaluate
+from jaxvae.loop import fit
+from jaxvae.records import read_metrics
+from jaxvae.run import train_and_evaluate
 from jaxvae.train import (
     KeyStreams,
     TrainState,
     create_train_state,
     make_optimizer,
-    make_scan_epoch,
+    init_state,
+    make_epoch,
+    make_step,
     make_train_epoch,
     make_train_step,
 )

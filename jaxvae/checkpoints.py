@@ -1,26 +1,36 @@
-"""Orbax checkpoints of the train state in `<workdir>/checkpoints/<epoch>/`.
+"""The one model format: orbax checkpoints in `<workdir>/checkpoints/<epoch>/`, and `load_model`.
 
-A checkpoint holds params, optimizer state and step (`state`) and the epoch
-(`meta`). Every other random input is derived from (seed, epoch, step), so
-restoring these is enough to continue a run exactly. Orbax writes into a
-temporary directory and renames it when complete, so an interrupted save never
-replaces a good checkpoint.
+A checkpoint holds three items: `params` (the model's parameters, on their
+own), `train` (optimizer state and step) and `meta` (epoch, data fingerprint).
+Every other random input of training is derived from (seed, epoch, step), so
+these are enough to continue a run exactly; `params` alone, with the model spec
+in the workdir's marker (`jaxvae.json`), are enough to use the model, whatever
+optimizer trained it. Orbax writes into a temporary directory and renames it
+when complete, so an interrupted save never replaces a good checkpoint.
+
+`restore` trusts nothing: a checkpoint that cannot be read or holds non-finite
+parameters is skipped with a warning naming it, and the newest good one is
+used; one that does not fit the model is refused.
+
+Checkpoints written before this format (one `state` item holding params,
+optimizer state and step) still restore and load.
 """
 
+import dataclasses
 import pathlib
+from typing import Any
 
 from absl import logging
 import flax
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxvae import config as config_lib
-from jaxvae import train
+from jaxvae import workdir as workdir_lib
+from jaxvae.errors import CheckpointError, WorkdirError
 
-
-class CheckpointError(ValueError):
-  """A checkpoint is missing, corrupted or does not fit the model."""
+ITEMS = ("params", "train", "meta", "state")  # "state": the format before params had an item of their own
 
 
 def manager(workdir, max_to_keep: int = 2) -> ocp.CheckpointManager:
@@ -31,115 +41,267 @@ def manager(workdir, max_to_keep: int = 2) -> ocp.CheckpointManager:
   for partial in sorted(path.glob("*.orbax-checkpoint-tmp*")) if path.is_dir() else []:
     logging.warning("ignoring the incomplete checkpoint %s (its save was interrupted)", partial)
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True)
-  handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+  handlers = {"params": ocp.StandardCheckpointHandler(), "train": ocp.StandardCheckpointHandler(),
+              "state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
   return ocp.CheckpointManager(path, options=options, item_handlers=handlers)
 
 
-def save(mngr: ocp.CheckpointManager, state: train.TrainState, epoch: int, data_fingerprint: str | None = None) -> None:
-  """Saves `state` as checkpoint `epoch` and waits until it is on disk.
+def all_finite(tree) -> bool:
+  """Whether every array of `tree` is finite (one fused reduction)."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+  return bool(jnp.all(jnp.stack(leaves))) if leaves else True
+
+
+def save(mngr: ocp.CheckpointManager, state, epoch: int, data_fingerprint: str | None = None) -> None:
+  """Saves `state` (a `train.TrainState`) as checkpoint `epoch` and waits until it is on disk.
 
   `data_fingerprint` (see `data.fingerprint`) records which training set the state
-  was trained on, so a resume on other data is refused.
+  was trained on, so a resume on other data is refused. Non-finite params are
+  never saved (`CheckpointError`).
   """
-  mngr.save(epoch, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(flax.serialization.to_state_dict(state)),
-      meta=ocp.args.JsonSave({"epoch": epoch, "data_fingerprint": data_fingerprint})), force=True)
-  mngr.wait_until_finished()
-
-
-def restore(mngr: ocp.CheckpointManager, target: train.TrainState, epoch: int | None = None,
-            data_fingerprint: str | None = None):
-  """Restores checkpoint `epoch` (default: the newest) into the structure of `target`.
-
-  Refuses (`CheckpointError`) a checkpoint that is unreadable, whose arrays differ in
-  shape or dtype from `target`'s, or that was trained on data with another
-  fingerprint (when both are known).
-
-  Returns:
-    (state, epoch), or (None, 0) when there is no checkpoint.
-  """
-  epoch = mngr.latest_step() if epoch is None else epoch
-  if epoch is None:
-    return None, 0
-  where = f"checkpoint {mngr.directory}/{epoch}"
-  target_dict = flax.serialization.to_state_dict(target)
-  # Compare shapes with the stored metadata first: a foreign checkpoint is refused
-  # before any array is read.
+  if not all_finite(state.params):
+    raise CheckpointError(f"the parameters after epoch {epoch} are not finite; not saved")
+  train = {"step": state.step, "opt_state": flax.serialization.to_state_dict(state.opt_state)}
   try:
-    stored = dict(mngr.item_metadata(epoch)["state"])
-    shapes = lambda tree: {jax.tree_util.keystr(p): (tuple(np.shape(x)), np.dtype(x.dtype).name)
-                           for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
-    want, got = shapes(target_dict), shapes(jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), stored))
+    mngr.save(epoch, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(flax.serialization.to_state_dict(state.params)),
+        train=ocp.args.StandardSave(train),
+        meta=ocp.args.JsonSave({"epoch": epoch, "data_fingerprint": data_fingerprint})), force=True)
+    mngr.wait_until_finished()
+  except OSError:
+    raise
+  except Exception as e:  # orbax wraps a full disk and other write errors in many types
+    raise CheckpointError(f"could not write checkpoint {mngr.directory}/{epoch}: {str(e).splitlines()[0][:200]}") \
+        from None
+
+
+def _shapes(tree) -> dict:
+  return {jax.tree_util.keystr(p): (tuple(np.shape(x)), np.dtype(x.dtype).name)
+          for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _first_line(e: Exception) -> str:
+  return (str(e).splitlines() or [type(e).__name__])[0][:200]
+
+
+def _restore_one(mngr, epoch: int, target, data_fingerprint):
+  """(state, meta) of checkpoint `epoch` restored into `target`'s structure.
+
+  Raises `CheckpointError` when it does not fit (shapes, data); `_Damaged` when it
+  is unreadable or holds non-finite params.
+  """
+  where = f"checkpoint {mngr.directory}/{epoch}"
+  try:
+    stored = mngr.item_metadata(epoch)
     meta = mngr.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+    legacy = stored.get("params") is None
+    if legacy:
+      stored_state = dict(stored["state"])
+      stored = {"params": stored_state["params"], "step": stored_state["step"], "opt_state": stored_state["opt_state"]}
+    else:
+      stored = {"params": stored["params"], **dict(stored["train"])}
   except Exception as e:  # orbax raises many types for damaged files
-    raise CheckpointError(f"{where} is unreadable: {str(e).splitlines()[0][:200]}") from None
+    raise _Damaged(f"{where} is unreadable: {_first_line(e)}") from None
+  want = _shapes(flax.serialization.to_state_dict(target))
+  got = _shapes(jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), stored))
   if want != got:
     diff = sorted(k for k in want.keys() | got.keys() if want.get(k) != got.get(k))
     raise CheckpointError(f"{where} does not fit this model: {diff[0]} is {got.get(diff[0])} there, "
                           f"{want.get(diff[0])} here ({len(diff)} arrays differ)")
-  trained_on = meta.get("data_fingerprint")
+  trained_on = meta.get("data_fingerprint") if isinstance(meta, dict) else None
   if data_fingerprint and trained_on and trained_on != data_fingerprint:
     raise CheckpointError(f"{where} was trained on other data (fingerprint {trained_on}, now {data_fingerprint}); "
                           "resume with the data source it was trained on")
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target_dict)
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, flax.serialization.to_state_dict(target))
   try:
-    restored = mngr.restore(epoch, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
-    state = flax.serialization.from_state_dict(target, restored.state)
+    if legacy:
+      restored = mngr.restore(epoch, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))).state
+    else:
+      items = mngr.restore(epoch, args=ocp.args.Composite(
+          params=ocp.args.StandardRestore(abstract["params"]),
+          train=ocp.args.StandardRestore({"step": abstract["step"], "opt_state": abstract["opt_state"]})))
+      restored = {"params": items.params, **items.train}
+    state = flax.serialization.from_state_dict(target, restored)
   except Exception as e:  # orbax raises many types for damaged files
-    raise CheckpointError(f"{where} cannot be restored: {str(e).splitlines()[0][:200]}") from None
-  return state, int(meta["epoch"])
+    raise _Damaged(f"{where} cannot be restored: {_first_line(e)}") from None
+  if not all_finite(state.params):
+    raise _Damaged(f"{where} holds non-finite parameters")
+  return state, meta
+
+
+class _Damaged(Exception):
+  """A checkpoint that cannot be used, though a better one may exist."""
+
+
+@dataclasses.dataclass
+class Restored:
+  state: Any  # None when no usable checkpoint exists
+  epoch: int  # 0 when none
+  rejected: list[int]  # newer checkpoints that were skipped (damaged or non-finite)
+
+
+def restore(mngr: ocp.CheckpointManager, target, data_fingerprint: str | None = None) -> Restored:
+  """The newest good checkpoint, restored into the structure of `target` (a `train.TrainState`).
+
+  Newer checkpoints that are unreadable or hold non-finite params are skipped
+  with a warning naming them (`Restored.rejected`). Refuses (`CheckpointError`) a
+  checkpoint whose arrays differ in shape or dtype from `target`'s, or that was
+  trained on data with another fingerprint, and checkpoints none of which is usable.
+  """
+  steps = sorted(mngr.all_steps(), reverse=True)
+  rejected = []
+  for epoch in steps:
+    try:
+      state, meta = _restore_one(mngr, epoch, target, data_fingerprint)
+    except _Damaged as e:
+      logging.warning("%s; skipped", e)
+      rejected.append(epoch)
+      continue
+    return Restored(state, int(meta.get("epoch", epoch)), rejected)
+  if rejected:
+    raise CheckpointError(f"no usable checkpoint in {mngr.directory} (checkpoints {sorted(rejected)} are damaged or "
+                          "non-finite); pass --overwrite to start the run again")
+  return Restored(None, 0, [])
+
+
+# --- loading a trained model, any family --------------------------------------------------------
+
+
+def model_spec(model) -> dict:
+  """What `module_from_spec` needs to rebuild `model`: its class and fields."""
+  fields = {f.name: getattr(model, f.name) for f in dataclasses.fields(model) if f.name not in ("parent", "name")}
+  return {"class": type(model).__name__, "fields": fields}
+
+
+def _families() -> dict:
+  """class name -> (module class, init(model, key) -> params)."""
+  from jaxvae import classifier, conditional, models  # pylint: disable=g-import-not-at-top
+
+  return {"VAE": (models.VAE, models.init_params), "TwoLayerVAE": (models.TwoLayerVAE, models.init_params),
+          "ConditionalVAE": (conditional.ConditionalVAE, conditional.init_params),
+          "M2": (conditional.M2, conditional.init_params), "Classifier": (classifier.Classifier, classifier.init_params)}
+
+
+def module_from_spec(spec: dict, where: str = "model spec"):
+  """(model, init) from a `model_spec`; `CheckpointError` for an unknown or damaged spec."""
+  try:
+    cls, init = _families()[spec["class"]]
+    return cls(**spec["fields"]), init
+  except (KeyError, TypeError) as e:
+    raise CheckpointError(f"{where}: not a model spec jaxvae knows ({type(e).__name__}: {e})") from None
+
+
+def abstract_params(model, init, num_replicas: int = 1):
+  """Shapes and dtypes of `model`'s params (with a leading replica axis for an ensemble), placed
+  whole on this process's devices."""
+  key = jax.random.split(jax.random.key(0), num_replicas) if num_replicas > 1 else jax.random.key(0)
+  fn = jax.vmap(lambda k: init(model, k)) if num_replicas > 1 else lambda k: init(model, k)
+  devices = np.asarray(jax.local_devices())
+  sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(devices, ("data",)), jax.sharding.PartitionSpec())
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), jax.eval_shape(fn, key))
+
+
+def restore_params(workdir, abstract, epoch: int | None = None):
+  """The `params` item of the newest good checkpoint (or of `epoch`) in `workdir`; never reads
+  the optimizer state. Checkpoints of the earlier format: their `state` item's params."""
+  workdir = pathlib.Path(workdir)
+  if not (workdir / "checkpoints").is_dir():
+    raise CheckpointError(f"{workdir}: no checkpoint")
+  with manager(workdir) as mngr:
+    steps = [epoch] if epoch is not None else sorted(mngr.all_steps(), reverse=True)
+    if not steps:
+      raise CheckpointError(f"{workdir}: no checkpoint")
+    for step in steps:
+      where = f"checkpoint {mngr.directory}/{step}"
+      try:
+        stored = mngr.item_metadata(step)
+        if stored.get("params") is not None:
+          got = stored["params"]
+          params = lambda: mngr.restore(step, args=ocp.args.Composite(
+              params=ocp.args.StandardRestore(abstract))).params
+        else:  # earlier format: params out of the state item, read as stored (no optimizer is built)
+          got = dict(stored["state"])["params"]
+          params = lambda: jax.device_put(mngr.restore(step, args=ocp.args.Composite(
+              state=ocp.args.StandardRestore())).state["params"], jax.tree.map(lambda a: a.sharding, abstract))
+        if _shapes(abstract) != _shapes(jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), got)):
+          raise CheckpointError(f"{where} does not fit the model in {workdir / workdir_lib.MARKER}")
+        restored = params()
+      except CheckpointError:
+        raise
+      except Exception as e:  # orbax raises many types for damaged files
+        logging.warning("%s is unreadable (%s); skipped", where, _first_line(e))
+        continue
+      if not all_finite(restored):
+        logging.warning("%s holds non-finite parameters; skipped", where)
+        continue
+      return restored
+  raise CheckpointError(f"{workdir}: no usable checkpoint (every one is damaged or non-finite)")
 
 
 def load_model(workdir, epoch: int | None = None):
-  """Loads a trained VAE from a workdir written by `run.train_and_evaluate`.
+  """Loads a trained model of any family (VAE, AE, two-layer, CVAE, M2, classifier) from its workdir.
 
-  `workdir` may also be the `seed=<s>/` directory of one replica of an ensemble;
-  the ensemble's own workdir gives params with a leading replica axis (replica r:
-  `jax.tree.map(lambda a: a[r], params)`).
+  Only the params are read (never the optimizer state), from the newest good
+  checkpoint. `workdir` may also be the `seed=<s>/` directory of one replica of
+  an ensemble; the ensemble's own workdir gives params with a leading replica
+  axis (replica r: `jax.tree.map(lambda a: a[r], params)`).
 
   Returns:
-    (model, params, config): `model.apply(params, x, method=model.encode)` gives
-    (mean, logvar) and `model.apply(params, z, method=model.decode)` the logits;
-    or `vae = model.bind(params)` then `vae.encode(x)`, `vae.decode(z)`.
+    (model, params, config): for a VAE run, `model.apply(params, x, method=model.encode)`
+    gives (mean, logvar) and `model.apply(params, z, method=model.decode)` the logits,
+    or `vae = model.bind(params)` then `vae.encode(x)`, `vae.decode(z)`; `config` is its
+    `Config`. For the other families `config` is the dict of the run's settings.
   """
+  from jaxvae import config as config_lib  # pylint: disable=g-import-not-at-top
+
   workdir = pathlib.Path(workdir)
-  config_path = workdir / "config.json"
-  if not config_path.is_file():
-    raise CheckpointError(f"{workdir}: no config.json; not a jaxvae workdir")
-  config = config_lib.Config.from_json_file(config_path)
-  replica = config_lib.replica_of(workdir)
-  if replica is not None:
+  marker = workdir_lib.read_marker(workdir)
+  if marker is None:
+    return _load_legacy(workdir, epoch)
+  if marker["kind"] == "replica":
     model, params, _ = load_model(workdir.absolute().parent, epoch)
-    return model, jax.tree.map(lambda a: a[replica[1]], params), config
-  model = config_lib.build_model(config)
-  optimizer = train.make_optimizer(config)
-  key = jax.random.split(jax.random.key(0), config.num_replicas) if config.num_replicas > 1 else jax.random.key(0)
-  # Restored replicated on this process's devices, whatever topology the run was trained on.
-  sharding = jax.sharding.NamedSharding(train.data_mesh(jax.local_devices()), jax.sharding.PartitionSpec())
-  target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
-                        jax.eval_shape(lambda k: train.create_train_state(model, optimizer, k), key))
-  with manager(workdir) as mngr:
-    if mngr.latest_step() is None:
-      raise CheckpointError(f"{workdir}: no checkpoint")
-    state, _ = restore(mngr, target, epoch)
-  return model, state.params, config
+    config = config_lib.Config.from_json_file(workdir / "config.json")
+    return model, jax.tree.map(lambda a: a[int(marker["index"])], params), config
+  if "model" not in marker:
+    raise CheckpointError(f"{workdir} holds a {marker['kind']} (no trained model)")
+  model, init = module_from_spec(marker["model"], str(workdir / workdir_lib.MARKER))
+  num_replicas = int(marker.get("num_replicas", 1))
+  params = restore_params(workdir, abstract_params(model, init, num_replicas), epoch)
+  try:
+    settings = workdir_lib.read_json_object(workdir / "config.json", "config")
+  except WorkdirError:
+    settings = None
+  if marker["kind"] == "vae" and settings is not None:
+    return model, params, config_lib.Config.from_dict(settings, workdir / "config.json")
+  return model, params, settings
 
 
-def save_params(workdir, params) -> None:
-  """Writes `params` alone as the checkpoint `<workdir>/checkpoints/0` (models trained outside
-  `run.train_and_evaluate`: the judging classifier, the CVAE, M2)."""
-  state = train.TrainState(np.zeros((), np.int32), params, ())
-  with manager(workdir, max_to_keep=1) as mngr:
-    save(mngr, state, 0)
+def _load_legacy(workdir: pathlib.Path, epoch: int | None):
+  """Workdirs written before the marker: VAE runs (config.json), CVAE and M2 (model.json) and the
+  classifier (metrics.json)."""
+  import json  # pylint: disable=g-import-not-at-top
 
+  from jaxvae import config as config_lib  # pylint: disable=g-import-not-at-top
 
-def load_params(workdir, abstract_params):
-  """Params saved by `save_params`, restored into the structure of `abstract_params` (e.g. from
-  `jax.eval_shape` of the model's init). `CheckpointError` when absent or not of that shape."""
-  target = train.TrainState(jax.ShapeDtypeStruct((), np.int32), abstract_params, ())
-  target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype), target)
-  with manager(workdir, max_to_keep=1) as mngr:
-    state, _ = restore(mngr, target)
-  if state is None:
-    raise CheckpointError(f"{workdir}: no checkpoint")
-  return state.params
+  if (workdir / "config.json").is_file():
+    config = config_lib.Config.from_json_file(workdir / "config.json")
+    replica = config_lib.replica_of(workdir)
+    if replica is not None:
+      model, params, _ = load_model(workdir.absolute().parent, epoch)
+      return model, jax.tree.map(lambda a: a[replica[1]], params), config
+    model = config_lib.build_model(config)
+    from jaxvae import models  # pylint: disable=g-import-not-at-top
+
+    return model, restore_params(workdir, abstract_params(model, models.init_params, config.num_replicas), epoch), config
+  if (workdir / "model.json").is_file():
+    spec = workdir_lib.read_json_object(workdir / "model.json", "model spec")
+    cls = spec.pop("class", None)
+    model, init = module_from_spec({"class": cls, "fields": spec}, str(workdir / "model.json"))
+    return model, restore_params(workdir, abstract_params(model, init), epoch), None
+  if (workdir / "metrics.json").is_file():
+    from jaxvae import classifier  # pylint: disable=g-import-not-at-top
+
+    model = classifier.Classifier()
+    settings = json.loads((workdir / "metrics.json").read_text())
+    return model, restore_params(workdir, abstract_params(model, classifier.init_params), epoch), settings
+  raise CheckpointError(f"{workdir}: not a jaxvae workdir (no {workdir_lib.MARKER})")

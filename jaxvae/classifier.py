@@ -5,8 +5,8 @@ means that the decoders produce. `recognisability` turns its probabilities into
 the numbers the latent-space studies report.
 """
 
+import dataclasses
 import functools
-import json
 import pathlib
 
 import flax.linen as nn
@@ -16,9 +16,14 @@ import numpy as np
 import optax
 
 from jaxvae import checkpoints
+from jaxvae import config as config_lib
 from jaxvae import data as data_lib
+from jaxvae import errors
+from jaxvae import loop
 from jaxvae import models
+from jaxvae import records
 from jaxvae import train
+from jaxvae import workdir as workdir_lib
 
 
 class Classifier(nn.Module):
@@ -32,31 +37,73 @@ class Classifier(nn.Module):
     return models.MLP(self.hidden_dim, self.num_layers, data_lib.NUM_CLASSES, "relu", "lecun_normal", name="mlp")(x_D)
 
 
-def make_epoch(model: Classifier, optimizer: optax.GradientTransformation, batch_size: int):
-  """A jitted `epoch(state, (x_NxD, labels_N), key) -> (state, {"loss": mean cross-entropy})`."""
+def init_params(model: Classifier, key: jax.Array):
+  return model.init(key, jnp.zeros((data_lib.NUM_PIXELS,), jnp.float32))
 
-  def loss_fn(params, key, batch, context):
-    del key, context
+
+def loss(model: Classifier):
+  """The `train.make_step` loss: mean cross-entropy of a batch (x_BxD, labels_B)."""
+
+  def loss_fn(params, batch, batch_key, step_key, step, context):
+    del batch_key, step_key, step, context
     x_BxD, labels_B = batch
     return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(model.apply(params, x_BxD), labels_B)), {}
 
-  return train.make_scan_epoch(loss_fn, optimizer, batch_size)
+  return loss_fn
 
 
-def train_classifier(train_split: data_lib.Split, key: jax.Array, num_epochs: int = 10, batch_size: int = 128,
-                     learning_rate: float = 1e-3, log=print):
-  """Trains a `Classifier` on grayscale images; returns (model, params)."""
-  model, optimizer = Classifier(), optax.adam(learning_rate)
-  init_key, data_key = jax.random.split(key)
-  params = model.init(init_key, jnp.zeros((data_lib.NUM_PIXELS,), jnp.float32))
-  state = train.TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
-  x_NxD = jnp.asarray(data_lib.to_unit_interval(jnp.asarray(train_split.images)))
-  labels_N = jnp.asarray(train_split.labels)
-  epoch = make_epoch(model, optimizer, batch_size)
-  for i in range(1, num_epochs + 1):
-    state, metrics = epoch(state, (x_NxD, labels_N), jax.random.fold_in(data_key, i))
-    log(f"classifier epoch {i}/{num_epochs}: train cross-entropy {float(metrics['loss']):.4f}")
-  return model, state.params
+@dataclasses.dataclass(frozen=True)
+class ClassifierConfig:
+  num_epochs: int = 10
+  batch_size: int = 128
+  learning_rate: float = 1e-3
+  seed: int = 0
+  checkpoint_every: int = 1
+  data_source: str = "auto"
+  data_path: str | None = None
+
+  def validate(self) -> "ClassifierConfig":
+    config_lib.check_settings(self, positive=("num_epochs", "batch_size", "checkpoint_every"), nonnegative=("seed",),
+                              finite_positive=("learning_rate",))
+    return self
+
+
+KIND = "classifier"
+RESUMABLE = ("num_epochs", "checkpoint_every", "data_source", "data_path")
+
+
+def train_and_evaluate(config: ClassifierConfig, workdir, overwrite: bool = False, mnist=None) -> dict:
+  """Trains the judge on grayscale training images in `workdir` through `loop.fit`; the final
+  record holds its test accuracy. `mnist`: the data, if already loaded (else from `config`)."""
+  config.validate()
+  model = Classifier()
+  with workdir_lib.Workdir(workdir, KIND, marker_fields={"model": checkpoints.model_spec(model)}) as wd:
+    wd.check(overwrite)
+    if not overwrite:
+      loop.check_config(wd, dataclasses.asdict(config), RESUMABLE)
+    mnist = mnist or data_lib.load_mnist(config.data_source, path=config.data_path)
+    if config.batch_size > len(mnist.train.labels):
+      raise errors.ConfigError(f"batch_size {config.batch_size} exceeds the {len(mnist.train.labels)} training images")
+    optimizer = optax.adam(config.learning_rate)
+    init_key, data_key = jax.random.split(jax.random.key(config.seed))
+    state = train.init_state(init_params(model, init_key), optimizer)
+    train_data = (data_lib.to_unit_interval(jnp.asarray(mnist.train.images)), jnp.asarray(mnist.train.labels))
+    test_x = data_lib.to_unit_interval(jnp.asarray(mnist.test.images))
+    epoch_fn = train.make_epoch(loss(model), optimizer, config.batch_size)
+
+    def final(params, index):
+      del index
+      probs = predict_probs(model, params, test_x)
+      accuracy = float(np.mean(np.asarray(probs).argmax(axis=1) == mnist.test.labels))
+      return {"test_accuracy": accuracy, **{f"test_{k}": v for k, v in recognisability(probs).items()}}
+
+    return loop.fit(
+        wd, config=dataclasses.asdict(config), state=state,
+        train_epoch=lambda state, epoch: epoch_fn(state, train_data, jax.random.fold_in(data_key, epoch), data_key),
+        num_epochs=config.num_epochs, record=lambda params, index, epoch, m: {"train_cross_entropy": float(m["loss"])},
+        final=final, summary=lambda r: f"train cross-entropy {r['train_cross_entropy']:.4f}",
+        final_summary=lambda f: f"test accuracy {f['test_accuracy']:.4f}", resumable=RESUMABLE, overwrite=overwrite,
+        checkpoint_every=config.checkpoint_every, data_fingerprint=data_lib.fingerprint(mnist.train))[0]
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -81,19 +128,18 @@ def recognisability(probs_NxC) -> dict[str, float]:
           "class_entropy": float(-np.sum(nonzero * np.log(nonzero))) + 0.0}  # + 0.0: no -0.0
 
 
-def save_classifier(workdir, params, metrics: dict) -> None:
-  """Writes params (an orbax checkpoint) and metrics.json (test accuracy) into `workdir`."""
+def load_classifier(workdir, with_settings: bool = False):
+  """(model, params) of a classifier trained by `train_and_evaluate` (or saved by an earlier
+  jaxvae); with `with_settings`, also its final record. `errors.CheckpointError` if there is none."""
   workdir = pathlib.Path(workdir)
-  checkpoints.save_params(workdir, params)
-  (workdir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-
-
-def load_classifier(workdir):
-  """(model, params) saved by `save_classifier`; `checkpoints.CheckpointError` if there is none."""
-  workdir = pathlib.Path(workdir)
-  if not (workdir / "metrics.json").is_file():
-    raise checkpoints.CheckpointError(f"{workdir}: no trained classifier; train one with "
-                                      f"`python -m experiments.classifier --workdir={workdir}`")
-  model = Classifier()
-  params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((data_lib.NUM_PIXELS,), jnp.float32))
-  return model, checkpoints.load_params(workdir, params)
+  marker = workdir_lib.read_marker(workdir)
+  if (marker is None or marker["kind"] != KIND) and not (workdir / "metrics.json").is_file():
+    raise errors.CheckpointError(f"{workdir}: no trained classifier; train one with "
+                                 f"`python -m experiments.classifier --workdir={workdir}`")
+  model, params, settings = checkpoints.load_model(workdir)
+  if marker is not None:
+    finals = [r for r in records.read_metrics(workdir / records.METRICS) if r.get("final")]
+    if not finals:
+      raise errors.CheckpointError(f"{workdir}: the classifier's training has not finished; run its command again")
+    settings = finals[-1]
+  return (model, params, settings) if with_settings else (model, params)

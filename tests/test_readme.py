@@ -3,13 +3,18 @@
 import pathlib
 import re
 
+import jax
+import numpy as np
+
+import jaxvae
+
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
 
 def test_readme_snippet_runs():
   text = README.read_text()
   blocks = re.findall(r"<!-- snippet -->\n```python\n(.*?)```", text, re.S)
-  assert len(blocks) == 3
+  assert len(blocks) == 4
   namespace = {}
   for block in blocks:
     exec(compile(block, "README.md", "exec"), namespace)  # pylint: disable=exec-used
@@ -21,3 +26,8 @@ def test_readme_snippet_runs():
   assert set(namespace["scores"]) == {"reconstruction", "neg_elbo", "iwae_nll"}
   assert namespace["cond"].elbo.shape == (16,) and namespace["sevens_8xD"].shape == (8, 784)
   assert set(namespace["parts"]) == {"neg_unlabelled_bound", "neg_labelled_bound", "cross_entropy"}
+  records = jaxvae.read_metrics(namespace["workdir"] / "metrics.jsonl")
+  assert [r["epoch"] for r in records] == [1, 2, 2] and records[-1] == {**namespace["final"]}
+  assert (namespace["workdir"] / "checkpoints" / "2").is_dir()
+  for a, b in zip(jax.tree.leaves(namespace["trained_params"]), jax.tree.leaves(namespace["params"])):
+    assert a.shape == b.shape and not np.array_equal(a, b)  # trained, from the first snippet's init

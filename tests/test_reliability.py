@@ -48,15 +48,20 @@ def assert_refused(cli_args, message, workdir=None, module="experiments.mnist"):
   assert workdir is None or snapshot(workdir) == before
 
 
-def start_and_signal(cli_args, workdir, sig, after_epochs):
-  """Starts the CLI, sends `sig` once `after_epochs` epochs are recorded; returns its outcome."""
-  proc = subprocess.Popen([sys.executable, "-m", "experiments.mnist", *cli_args], cwd=ROOT,
+def start_and_signal(cli_args, workdir, sig, after_epochs, module="experiments.mnist", ready=None, then=None):
+  """Starts the CLI; once `after_epochs` epochs are recorded in `workdir` (or `ready()` holds), sends
+  `sig` (if not None) and calls `then()` (if given); returns the outcome of the CLI."""
+  proc = subprocess.Popen([sys.executable, "-m", module, *cli_args], cwd=ROOT,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   metrics = workdir / "metrics.jsonl"
+  ready = ready or (lambda: metrics.exists() and len(metrics.read_bytes().splitlines()) >= after_epochs)
   deadline = time.time() + 240
   while time.time() < deadline and proc.poll() is None:
-    if metrics.exists() and len(metrics.read_text().splitlines()) >= after_epochs:
-      proc.send_signal(sig)
+    if ready():
+      if sig is not None:
+        proc.send_signal(sig)
+      if then is not None:
+        then()
       break
     time.sleep(0.005)
   stdout, stderr = proc.communicate(timeout=240)
@@ -119,13 +124,32 @@ def test_partial_checkpoint_is_ignored_with_a_warning(tiny_npz, tmp_path):
   assert [r["epoch"] for r in records(workdir)] == [1, 2, 3, 3]
 
 
-def test_corrupted_checkpoint_is_one_clear_error_and_nothing_changes(tiny_npz, tmp_path):
+def damage(checkpoint):
+  for f in checkpoint.rglob("*"):
+    if f.is_file() and f.name != "_CHECKPOINT_METADATA":
+      f.write_bytes(b"garbage")
+
+
+def test_a_damaged_newest_checkpoint_is_skipped_for_the_older_good_one(tiny_npz, tmp_path):
+  workdir, lone = tmp_path / "run", tmp_path / "lone"
+  run_cli(*args(tiny_npz, lone, "--num_epochs=3"))
+  run_cli(*args(tiny_npz, workdir, "--num_epochs=2"))
+  damage(workdir / "checkpoints" / "2" / "params")
+  proc = run_cli(*args(tiny_npz, workdir, "--num_epochs=3"))
+  assert f"{workdir.absolute()}/checkpoints/2" in proc.stderr and "skipped" in proc.stderr
+  assert "epoch    2/3" in proc.stdout and "epoch    1/3" not in proc.stdout
+  assert records(workdir) == records(lone)
+  for a, b in zip(params(workdir), params(lone)):
+    np.testing.assert_array_equal(a, b)
+  assert len(list((workdir / "rejected_checkpoints").iterdir())) == 1  # moved aside, not deleted
+
+
+def test_only_damaged_checkpoints_are_one_clear_error_and_nothing_changes(tiny_npz, tmp_path):
   workdir = tmp_path / "run"
   run_cli(*args(tiny_npz, workdir, "--num_epochs=2"))
-  for f in (workdir / "checkpoints" / "2" / "state").rglob("*"):
-    if f.is_file():
-      f.write_bytes(b"garbage")
-  assert_refused(args(tiny_npz, workdir, "--num_epochs=3"), "error: checkpoint", workdir)
+  for step in (1, 2):
+    damage(workdir / "checkpoints" / str(step))
+  assert_refused(args(tiny_npz, workdir, "--num_epochs=3"), "no usable checkpoint", workdir)
 
 
 def test_foreign_checkpoint_is_refused(tiny_npz, tmp_path):
@@ -147,7 +171,7 @@ def test_divergence_stops_with_epoch_and_step_named(tiny_npz, tmp_path):
 
 def test_nonfinite_stop_keeps_the_last_good_checkpoint(tiny_npz, tmp_path, monkeypatch):
   """A step that goes non-finite in epoch 3 stops the run; checkpoint 2 stays the newest."""
-  make_step = jaxvae.train.make_train_step
+  make_step = jaxvae.train.make_step
 
   def failing_step(*a, **k):
     step = make_step(*a, **k)
@@ -159,7 +183,7 @@ def test_nonfinite_stop_keeps_the_last_good_checkpoint(tiny_npz, tmp_path, monke
 
     return wrapped
 
-  monkeypatch.setattr(jaxvae.train, "make_train_step", failing_step)
+  monkeypatch.setattr(jaxvae.train, "make_step", failing_step)
   config = jaxvae.Config(latent_dim=3, hidden_dim=32, batch_size=64, num_epochs=4, data_source="npz",
                          data_path=str(tiny_npz), eval_iwae_samples=0)
   with pytest.raises(jaxvae.NonFiniteError, match="epoch 3 at step 19.*last good checkpoint is epoch 2"):

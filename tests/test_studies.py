@@ -105,14 +105,14 @@ def test_latent_space_study_refuses_bad_input(studies, tiny_npz, tmp_path, probl
   vae, ae, outdir = root / "sweep" / "vae", root / "sweep" / "ae", tmp_path / "out"
   if problem == "swapped models":
     vae, ae = ae, vae
-    expected = f"error: --vae={vae} holds a ae run"
+    expected = f"error: --vae={vae} does not hold a single vae run"
   elif problem == "outdir is a run":
     outdir = vae
-    expected = f"error: --outdir={outdir} holds a training run"
+    expected = f"error: --outdir={outdir} holds a vae run, not a latent-space study one"
   else:
     outdir.mkdir()
     (outdir / "notes.txt").write_text("mine")
-    expected = f"error: --outdir={outdir} is not empty and holds no latent-space study"
+    expected = f"error: --outdir={outdir} is not empty and holds no jaxvae latent-space study run"
   before = sorted(p.name for p in outdir.iterdir()) if outdir.exists() else None
   proc = run_cli(f"--vae={vae}", f"--ae={ae}", f"--classifier={root / 'classifier'}", f"--outdir={outdir}",
                  "--data_source=npz", f"--data_path={tiny_npz}", check=False, module="experiments.latent_space")
@@ -136,20 +136,24 @@ def test_classifier_is_kept_unless_overwritten(studies, tiny_npz, tmp_path):
   root, _ = studies
   workdir = tmp_path / "classifier"
   shutil.copytree(root / "classifier", workdir)
-  before = (workdir / "metrics.json").read_text()
-  proc = run_cli(f"--workdir={workdir}", "--data_source=npz", f"--data_path={tiny_npz}",
+  before = (workdir / "metrics.jsonl").read_text()
+  proc = run_cli(f"--workdir={workdir}", "--num_epochs=3", "--data_source=npz", f"--data_path={tiny_npz}",
                  module="experiments.classifier")
-  assert "already holds a classifier" in proc.stdout
-  assert (workdir / "metrics.json").read_text() == before
+  assert "is complete" in proc.stdout
+  assert (workdir / "metrics.jsonl").read_text() == before
+  proc = run_cli(f"--workdir={workdir}", "--num_epochs=3", "--seed=1", "--data_source=npz", f"--data_path={tiny_npz}",
+                 check=False, module="experiments.classifier")
+  assert proc.returncode != 0 and "seed: 0 -> 1" in proc.stderr.strip().splitlines()[-1]
   run_cli(f"--workdir={workdir}", "--num_epochs=1", "--overwrite", "--data_source=npz", f"--data_path={tiny_npz}",
           module="experiments.classifier")
-  assert json.loads((workdir / "metrics.json").read_text())["num_epochs"] == 1
+  assert json.loads((workdir / "config.json").read_text())["num_epochs"] == 1
+  assert [r["epoch"] for r in jaxvae.read_metrics(workdir / "metrics.jsonl")] == [1, 1]
   jaxvae.classifier.load_classifier(workdir)
   (tmp_path / "notes").mkdir()
   (tmp_path / "notes" / "todo.txt").write_text("mine")
   proc = run_cli(f"--workdir={tmp_path / 'notes'}", "--data_source=npz", f"--data_path={tiny_npz}", check=False,
                  module="experiments.classifier")
-  assert proc.returncode != 0 and "holds no classifier" in proc.stderr.strip().splitlines()[-1]
+  assert proc.returncode != 0 and "holds no jaxvae classifier run" in proc.stderr.strip().splitlines()[-1]
   assert (tmp_path / "notes" / "todo.txt").read_text() == "mine"
 
 

@@ -56,6 +56,7 @@ def test_dry_run_expands_the_grid_with_fixed_flags(tmp_path):
     (["--name=g", "--grid=seed"], "expected FLAG=V1,V2"),
     (["--name=g", "--grid=seed=0,,1"], "values must be non-empty"),
     (["--name=g", "--grid=seed=0", "--grid=seed=1"], "seed has two axes"),
+    (["--name=g", "--grid=latent_dim=2,5,2"], "2 is given twice"),
     (["--name=g", "--grid=seed=0,2", "--ensemble"], "consecutive integer seeds"),
     (["--name=g", "--grid=seed=0", "--", "--workdir=x"], "sets --workdir itself"),
     (["--name=g", "--grid=seed=0", "--jobs=0"], "not a positive integer"),

@@ -126,7 +126,7 @@ def test_a_run_with_every_variant_trains_and_records_the_kl_weight(tiny_npz, tmp
               data_path=str(tiny_npz), output_bias="data_mean", lr_schedule="iwae", adam_eps=1e-4)
   warm = jaxvae.Config(beta=2.0, kl_warmup_epochs=2, free_bits=0.1, train_samples=2, **base)
   final = jaxvae.train_and_evaluate(warm, tmp_path / "warm")
-  records = jaxvae.run.read_metrics(tmp_path / "warm" / "metrics.jsonl")
+  records = jaxvae.read_metrics(tmp_path / "warm" / "metrics.jsonl")
   steps = 512 // 64
   # Mean weight over epoch e's steps s = (e-1)*8 .. e*8-1: 2 * (s + 1) / 16.
   for record, epoch in zip(records[:2], (1, 2)):
@@ -136,7 +136,7 @@ def test_a_run_with_every_variant_trains_and_records_the_kl_weight(tiny_npz, tmp
   assert np.isfinite(final["test_neg_elbo"])
   iwae = jaxvae.Config(train_objective="iwae", train_samples=5, **base)
   final = jaxvae.train_and_evaluate(iwae, tmp_path / "iwae")
-  records = jaxvae.run.read_metrics(tmp_path / "iwae" / "metrics.jsonl")
+  records = jaxvae.read_metrics(tmp_path / "iwae" / "metrics.jsonl")
   assert "kl_weight" not in records[0] and np.isfinite(final["test_neg_elbo"])
   # Reloads with the scheduled optimizer's state structure.
   _, _, config = jaxvae.load_model(tmp_path / "iwae")
@@ -233,7 +233,7 @@ def test_two_layer_and_conv_runs_train_record_and_reload(tiny_npz, tmp_path):
                  "--num_layers=1", "--batch_size=64", "--num_epochs=2", "--eval_iwae_samples=10",
                  "--free_bits=0.05")
   assert "(h1: " in proc.stdout
-  final = jaxvae.run.read_metrics(workdir / "metrics.jsonl")[-1]
+  final = jaxvae.read_metrics(workdir / "metrics.jsonl")[-1]
   assert final["iwae_nll"] <= final["test_neg_elbo"] and 0 <= final["h1_active_units"] <= 4
   assert (workdir / "samples.png").is_file() and (workdir / "interpolations.png").is_file()
   model, params, config = jaxvae.load_model(workdir)

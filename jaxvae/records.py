@@ -1,0 +1,81 @@
+"""A run's records: `metrics.jsonl` (one JSON object per line) and TensorBoard event files.
+
+`metrics.jsonl` is the record of truth: one object per epoch, then one with
+`"final": true`. Every numeric field is also written as a TensorBoard scalar
+(tensorboardX's event writer, no TensorFlow) into the same directory, so
+`tensorboard --logdir runs/` shows the training curves.
+"""
+
+import json
+import math
+import os
+import pathlib
+
+from absl import logging
+
+METRICS = "metrics.jsonl"
+
+
+def read_metrics(path) -> list[dict]:
+  """The records of a metrics.jsonl. A line that is not a complete JSON object (cut off by a
+  kill, not UTF-8, or not an object) is dropped with a warning."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    return []
+  records = []
+  for number, line in enumerate(path.read_bytes().splitlines(), 1):
+    try:
+      record = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+      record = None
+    if isinstance(record, dict) and isinstance(record.get("epoch"), int):
+      records.append(record)
+    else:
+      logging.warning("%s:%d is not a complete record; dropped", path, number)
+  return records
+
+
+def write_metrics(path, records: list[dict]) -> None:
+  """Replaces metrics.jsonl atomically (temporary file, then rename)."""
+  tmp = pathlib.Path(f"{path}.tmp")
+  tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+  os.replace(tmp, path)
+
+
+def append_metrics(path, record: dict) -> None:
+  with open(path, "a") as f:
+    f.write(json.dumps(record) + "\n")
+
+
+class Records:
+  """The records of one model in `directory`: metrics.jsonl and its TensorBoard scalars."""
+
+  def __init__(self, directory):
+    self.directory = pathlib.Path(directory)
+    self.path = self.directory / METRICS
+    self._writer = None
+
+  def read(self) -> list[dict]:
+    return read_metrics(self.path)
+
+  def rewrite(self, records: list[dict]) -> None:
+    write_metrics(self.path, records)
+
+  def append(self, record: dict) -> None:
+    """Appends `record`; its numbers become TensorBoard scalars at step `epoch` (the final
+    record's under `final/`)."""
+    append_metrics(self.path, record)
+    if self._writer is None:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+
+      self._writer = SummaryWriter(logdir=str(self.directory), flush_secs=30)
+    prefix = "final/" if record.get("final") else ""
+    for name, value in record.items():
+      if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and name != "epoch":
+        self._writer.add_scalar(prefix + name, value, record["epoch"])
+    self._writer.flush()
+
+  def close(self) -> None:
+    if self._writer is not None:
+      self._writer.close()
+      self._writer = None

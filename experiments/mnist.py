@@ -15,7 +15,6 @@ resumes from the newest checkpoint. Reload the model with
 Each batch is split over all devices of all processes.
 """
 
-import dataclasses
 
 from absl import flags
 import jax
@@ -96,14 +95,9 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processe
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0 to num_processes - 1.", lower_bound=0)
 
 
-def config_from_flags() -> config_lib.Config:
-  """The `Config` whose every field is the flag of the same name."""
-  return config_lib.Config(**{f.name: flags.FLAGS[f.name].value for f in dataclasses.fields(config_lib.Config)})
-
-
 def main(argv):
   del argv
-  config = config_from_flags().validate()
+  config = jaxvae.cli.config_from_flags(config_lib.Config).validate()
   if _DISTRIBUTED.value or _COORDINATOR_ADDRESS.value or _NUM_PROCESSES.value or _PROCESS_ID.value is not None:
     try:
       jax.distributed.initialize(_COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value, _PROCESS_ID.value)

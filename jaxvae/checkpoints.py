@@ -33,14 +33,19 @@ from jaxvae.errors import CheckpointError, WorkdirError
 ITEMS = ("params", "train", "meta", "state")  # "state": the format before params had an item of their own
 
 
-def manager(workdir, max_to_keep: int = 2) -> ocp.CheckpointManager:
+def manager(workdir, max_to_keep: int = 2, read_only: bool = False) -> ocp.CheckpointManager:
   """The run's checkpoint manager. Saves that were cut off (a `kill -9` mid-write) are
   left as `*.orbax-checkpoint-tmp*` directories: they are never restored, and are
-  reported here with a warning and removed."""
+  reported here with a warning and (unless `read_only`) removed. `read_only` changes
+  nothing on disk: for loading, and for reading a run before it is known to be ours to resume."""
   path = pathlib.Path(workdir).absolute() / "checkpoints"
-  for partial in sorted(path.glob("*.orbax-checkpoint-tmp*")) if path.is_dir() else []:
+  for partial in sorted(path.glob("*.orbax-checkpoint-tmp*")) if path.is_dir() and not read_only else []:
     logging.warning("ignoring the incomplete checkpoint %s (its save was interrupted)", partial)
-  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True)
+  if read_only:
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0, max_to_keep=None,
+                                           cleanup_tmp_directories=False)
+  else:
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True)
   handlers = {"params": ocp.StandardCheckpointHandler(), "train": ocp.StandardCheckpointHandler(),
               "state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
   return ocp.CheckpointManager(path, options=options, item_handlers=handlers)
@@ -126,6 +131,8 @@ def _restore_one(mngr, epoch: int, target, data_fingerprint):
     raise _Damaged(f"{where} cannot be restored: {_first_line(e)}") from None
   if not all_finite(state.params):
     raise _Damaged(f"{where} holds non-finite parameters")
+  if not all_finite(state.opt_state):
+    raise _Damaged(f"{where} holds a non-finite optimizer state")
   return state, meta
 
 
@@ -157,7 +164,7 @@ def restore(mngr: ocp.CheckpointManager, target, data_fingerprint: str | None = 
       logging.warning("%s; skipped", e)
       rejected.append(epoch)
       continue
-    return Restored(state, int(meta.get("epoch", epoch)), rejected)
+    return Restored(state, epoch, rejected)  # the step of a checkpoint is its epoch
   if rejected:
     raise CheckpointError(f"no usable checkpoint in {mngr.directory} (checkpoints {sorted(rejected)} are damaged or "
                           "non-finite); pass --overwrite to start the run again")
@@ -193,21 +200,26 @@ def module_from_spec(spec: dict, where: str = "model spec"):
 
 def abstract_params(model, init, num_replicas: int = 1):
   """Shapes and dtypes of `model`'s params (with a leading replica axis for an ensemble), placed
-  whole on this process's devices."""
+  whole on this process's devices. `CheckpointError` when the model cannot be built (a damaged spec)."""
   key = jax.random.split(jax.random.key(0), num_replicas) if num_replicas > 1 else jax.random.key(0)
   fn = jax.vmap(lambda k: init(model, k)) if num_replicas > 1 else lambda k: init(model, k)
   devices = np.asarray(jax.local_devices())
   sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(devices, ("data",)), jax.sharding.PartitionSpec())
-  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), jax.eval_shape(fn, key))
+  try:
+    shapes = jax.eval_shape(fn, key)
+  except Exception as e:  # a spec with fields of the wrong type fails inside the module
+    raise CheckpointError(f"the model spec {model_spec(model)} cannot be built ({type(e).__name__}: {e})") from None
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
 
 
 def restore_params(workdir, abstract, epoch: int | None = None):
-  """The `params` item of the newest good checkpoint (or of `epoch`) in `workdir`; never reads
-  the optimizer state. Checkpoints of the earlier format: their `state` item's params."""
+  """The `params` item of the newest good checkpoint (or of `epoch`) in `workdir`, without the
+  optimizer state; changes nothing on disk (a run may be training there). Checkpoints of the
+  earlier format are read whole, as stored, and their params returned."""
   workdir = pathlib.Path(workdir)
   if not (workdir / "checkpoints").is_dir():
     raise CheckpointError(f"{workdir}: no checkpoint")
-  with manager(workdir) as mngr:
+  with manager(workdir, read_only=True) as mngr:
     steps = [epoch] if epoch is not None else sorted(mngr.all_steps(), reverse=True)
     if not steps:
       raise CheckpointError(f"{workdir}: no checkpoint")
@@ -259,9 +271,12 @@ def load_model(workdir, epoch: int | None = None):
   if marker is None:
     return _load_legacy(workdir, epoch)
   if marker["kind"] == "replica":
+    index = marker.get("index")
+    if not isinstance(index, int):
+      raise CheckpointError(f"{workdir / workdir_lib.MARKER}: a replica marker without its index")
     model, params, _ = load_model(workdir.absolute().parent, epoch)
     config = config_lib.Config.from_json_file(workdir / "config.json")
-    return model, jax.tree.map(lambda a: a[int(marker["index"])], params), config
+    return model, jax.tree.map(lambda a: a[index], params), config
   if "model" not in marker:
     raise CheckpointError(f"{workdir} holds a {marker['kind']} (no trained model)")
   model, init = module_from_spec(marker["model"], str(workdir / workdir_lib.MARKER))
@@ -279,8 +294,6 @@ def load_model(workdir, epoch: int | None = None):
 def _load_legacy(workdir: pathlib.Path, epoch: int | None):
   """Workdirs written before the marker: VAE runs (config.json), CVAE and M2 (model.json) and the
   classifier (metrics.json)."""
-  import json  # pylint: disable=g-import-not-at-top
-
   from jaxvae import config as config_lib  # pylint: disable=g-import-not-at-top
 
   if (workdir / "config.json").is_file():
@@ -302,6 +315,6 @@ def _load_legacy(workdir: pathlib.Path, epoch: int | None):
     from jaxvae import classifier  # pylint: disable=g-import-not-at-top
 
     model = classifier.Classifier()
-    settings = json.loads((workdir / "metrics.json").read_text())
+    settings = workdir_lib.read_json_object(workdir / "metrics.json", "classifier record")
     return model, restore_params(workdir, abstract_params(model, classifier.init_params), epoch), settings
   raise CheckpointError(f"{workdir}: not a jaxvae workdir (no {workdir_lib.MARKER})")

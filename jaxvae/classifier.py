@@ -69,6 +69,7 @@ class ClassifierConfig:
 
 
 KIND = "classifier"
+LEGACY_RECORD = "metrics.json"  # what a classifier directory held before the marker
 RESUMABLE = ("num_epochs", "checkpoint_every", "data_source", "data_path")
 
 
@@ -77,10 +78,11 @@ def train_and_evaluate(config: ClassifierConfig, workdir, overwrite: bool = Fals
   record holds its test accuracy. `mnist`: the data, if already loaded (else from `config`)."""
   config.validate()
   model = Classifier()
-  with workdir_lib.Workdir(workdir, KIND, marker_fields={"model": checkpoints.model_spec(model)}) as wd:
+  with workdir_lib.Workdir(workdir, KIND, (*workdir_lib.RUN_OUTPUTS, LEGACY_RECORD),
+                           legacy=lambda path: (path / LEGACY_RECORD).is_file(), legacy_resumes=False,
+                           config=dataclasses.asdict(config), resumable=RESUMABLE,
+                           marker_fields={"model": checkpoints.model_spec(model)}) as wd:
     wd.check(overwrite)
-    if not overwrite:
-      loop.check_config(wd, dataclasses.asdict(config), RESUMABLE)
     mnist = mnist or data_lib.load_mnist(config.data_source, path=config.data_path)
     if config.batch_size > len(mnist.train.labels):
       raise errors.ConfigError(f"batch_size {config.batch_size} exceeds the {len(mnist.train.labels)} training images")
@@ -98,11 +100,11 @@ def train_and_evaluate(config: ClassifierConfig, workdir, overwrite: bool = Fals
       return {"test_accuracy": accuracy, **{f"test_{k}": v for k, v in recognisability(probs).items()}}
 
     return loop.fit(
-        wd, config=dataclasses.asdict(config), state=state,
+        wd, state=state,
         train_epoch=lambda state, epoch: epoch_fn(state, train_data, jax.random.fold_in(data_key, epoch), data_key),
         num_epochs=config.num_epochs, record=lambda params, index, epoch, m: {"train_cross_entropy": float(m["loss"])},
         final=final, summary=lambda r: f"train cross-entropy {r['train_cross_entropy']:.4f}",
-        final_summary=lambda f: f"test accuracy {f['test_accuracy']:.4f}", resumable=RESUMABLE, overwrite=overwrite,
+        final_summary=lambda f: f"test accuracy {f['test_accuracy']:.4f}", overwrite=overwrite,
         checkpoint_every=config.checkpoint_every, data_fingerprint=data_lib.fingerprint(mnist.train))[0]
 
 
@@ -133,7 +135,8 @@ def load_classifier(workdir, with_settings: bool = False):
   jaxvae); with `with_settings`, also its final record. `errors.CheckpointError` if there is none."""
   workdir = pathlib.Path(workdir)
   marker = workdir_lib.read_marker(workdir)
-  if (marker is None or marker["kind"] != KIND) and not (workdir / "metrics.json").is_file():
+  holds_classifier = marker["kind"] == KIND if marker is not None else (workdir / LEGACY_RECORD).is_file()
+  if not holds_classifier:
     raise errors.CheckpointError(f"{workdir}: no trained classifier; train one with "
                                  f"`python -m experiments.classifier --workdir={workdir}`")
   model, params, settings = checkpoints.load_model(workdir)

@@ -94,6 +94,14 @@ def judge_samples(model, params, key, judge, num_samples: int) -> dict:
           "num_samples": int(len(requested))}
 
 
+def _is_legacy_cvae(path) -> bool:
+  """A CVAE workdir written before the marker (its model.json names the class)."""
+  try:
+    return workdir_lib.read_json_object(path / conditional.MODEL_FILE).get("class") == "ConditionalVAE"
+  except workdir_lib.WorkdirError:
+    return False
+
+
 def build_model(config: CVAEConfig) -> conditional.ConditionalVAE:
   return conditional.ConditionalVAE(latent_dim=config.latent_dim, hidden_dim=config.hidden_dim,
                                     num_layers=config.num_layers, activation=config.activation)
@@ -103,10 +111,10 @@ def train_and_evaluate(config: CVAEConfig, workdir, overwrite: bool = False) -> 
   """Trains and evaluates a CVAE in `workdir` (see the module docstring); returns the final record."""
   config.validate()
   model = build_model(config)
-  with workdir_lib.Workdir(workdir, KIND, OUTPUTS, marker_fields={"model": checkpoints.model_spec(model)}) as wd:
+  with workdir_lib.Workdir(workdir, KIND, (*workdir_lib.RUN_OUTPUTS, *OUTPUTS), legacy=_is_legacy_cvae,
+                           legacy_resumes=False, config=dataclasses.asdict(config), resumable=RESUMABLE,
+                           marker_fields={"model": checkpoints.model_spec(model)}) as wd:
     wd.check(overwrite)
-    if not overwrite:
-      loop.check_config(wd, dataclasses.asdict(config), RESUMABLE)
     judge_model, judge_params, judge_settings = classifier_lib.load_classifier(config.classifier, with_settings=True)
     mnist = data_lib.load_mnist(config.data_source, path=config.data_path)
     if config.batch_size > len(mnist.train.labels):
@@ -144,7 +152,7 @@ def train_and_evaluate(config: CVAEConfig, workdir, overwrite: bool = False) -> 
                             num_cols=GRID_COLUMNS)
 
     final_record = loop.fit(
-        wd, config=dataclasses.asdict(config), state=state,
+        wd, state=state,
         train_epoch=lambda state, epoch: epoch_fn(state, train_data, jax.random.fold_in(keys.data, epoch), keys.train),
         num_epochs=config.num_epochs,
         record=lambda params, index, epoch, m: {"train_neg_elbo": float(m["loss"]), "train_kl": float(m["kl"]),
@@ -155,7 +163,7 @@ def train_and_evaluate(config: CVAEConfig, workdir, overwrite: bool = False) -> 
                                  f"{100 * f['conditional_accuracy']:.2f}% of class-conditional samples classified "
                                  "as requested"),
         is_complete=lambda f: f.get("num_samples") == config.num_samples // 10 * 10,
-        resumable=RESUMABLE, overwrite=overwrite, checkpoint_every=config.checkpoint_every,
+        overwrite=overwrite, checkpoint_every=config.checkpoint_every,
         data_fingerprint=data_lib.fingerprint(mnist.train))[0]
     results = {k: v for k, v in final_record.items() if k not in ("final", "epoch", "step", "wall_seconds")}
     workdir_lib.write_json(wd.path / "results.json", results)

@@ -67,7 +67,8 @@ class LatentStudyConfig:
 
 
 def _legacy_study(path) -> bool:
-  return (path / "results.json").is_file() and not (path / "config.json").is_file()
+  """A study directory written before the marker: results.md is this study's alone."""
+  return (path / "results.md").is_file() and (path / "results.json").is_file()
 
 
 def run_study(config: LatentStudyConfig, outdir) -> dict:

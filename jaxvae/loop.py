@@ -12,7 +12,7 @@ How a run resumes, in one place. A family hands `fit` a few plain functions:
 and `fit` owns the rest:
 
 * the workdir (`workdir.Workdir`): refusals, the lock, `--overwrite`, the marker,
-  `config.json` (a resumed run must have the same settings, but for `resumable` ones);
+  `config.json` (a resumed run must have the same settings, but for resumable ones);
 * resume: the newest good checkpoint (`checkpoints.restore` skips damaged or
   non-finite ones, with a warning), `metrics.jsonl` cut back to its epoch, and
   training on from there; a finished run reports its final record;
@@ -93,19 +93,6 @@ class Replica:
     self.records = records_lib.Records(self.directory)
 
 
-def check_config(wd: workdir_lib.Workdir, config: dict, resumable: Sequence[str] = ()) -> None:
-  """Refuses to resume a run whose saved settings differ from `config` (but for `resumable`)."""
-  path = wd.path / "config.json"
-  if not path.is_file():
-    return
-  saved = workdir_lib.read_json_object(path, "config")
-  changed = [f"{k}: {saved.get(k)!r} -> {config.get(k)!r}" for k in sorted(saved.keys() | config.keys())
-             if k not in resumable and saved.get(k) != config.get(k)]
-  if changed:
-    raise ConfigError(f"{wd.path} holds a run with other settings ({'; '.join(changed)}); "
-                      "use another --workdir, or --overwrite to replace that run")
-
-
 def _select(tree, index: int, ensemble: bool):
   return jax.tree.map(lambda a: a[index], tree) if ensemble else tree
 
@@ -117,7 +104,6 @@ def _step(state, index: int, ensemble: bool) -> int:
 def fit(
     wd: workdir_lib.Workdir,
     *,
-    config: dict,
     state: Any,
     train_epoch: Callable[[Any, int], tuple[Any, dict]],
     num_epochs: int,
@@ -127,7 +113,6 @@ def fit(
     summary: Callable[[dict], str] = lambda r: "",
     final_summary: Callable[[dict], str] = lambda r: "done",
     is_complete: Callable[[dict], bool] = lambda r: True,
-    resumable: Sequence[str] = (),
     overwrite: bool = False,
     checkpoint_every: int = 1,
     nonfinite_policy: str = "stop",
@@ -138,8 +123,8 @@ def fit(
 
   `state` is the initial `train.TrainState` (also the structure checkpoints are
   restored into); with `replicas`, every leaf has a leading replica axis.
-  `config` (JSON) is saved as config.json. Every check (settings, workdir,
-  checkpoint) runs before anything in the workdir changes.
+  `wd.config` (the run's settings, JSON) is saved as config.json. Every check
+  (settings, workdir, checkpoint) runs before anything in the workdir changes.
 
   Returns the final record of every replica (one for a single run).
   """
@@ -150,12 +135,10 @@ def fit(
   with StopSignals(raise_now=True, message="stopped before training started; nothing was lost: run the same "
                    "command") as signals:
     wd.check(overwrite)
-    if not overwrite:
-      check_config(wd, config, resumable)
     hosts.sync("inputs checked")  # no process changes the workdir before all have checked it
     restored = checkpoints.Restored(None, 0, [])
     if not overwrite and (wd.path / "checkpoints").is_dir():
-      with checkpoints.manager(wd.path) as mngr:
+      with checkpoints.manager(wd.path, read_only=True) as mngr:
         restored = checkpoints.restore(mngr, state, data_fingerprint=data_fingerprint)
     start_epoch = restored.epoch
     if start_epoch > num_epochs:
@@ -168,9 +151,8 @@ def fit(
       return finals
     # Only now, with the checkpoint (if any) known to fit, does anything in the workdir change.
     wd.open(overwrite)
-    hosts.sync("workdir opened")
     if writer:
-      workdir_lib.write_json(wd.path / "config.json", config)
+      workdir_lib.write_json(wd.path / "config.json", wd.config)
       _move_aside(wd.path, restored.rejected)
     kept = [[r for r in records if not r.get("final") and r["epoch"] <= start_epoch] for records in all_records]
     if writer:
@@ -183,7 +165,8 @@ def fit(
     if restored.state is not None:
       state = restored.state
       logging.info("resumed from the checkpoint of epoch %d (step %d)", start_epoch, _step(state, 0, ensemble))
-    wall_start = time.perf_counter() - (kept[0][-1]["wall_seconds"] if kept[0] else 0.0)
+    wall_start = time.perf_counter() - (kept[0][-1].get("wall_seconds", 0.0) if kept[0] else 0.0)
+    hosts.sync("workdir opened")  # every process sees the checkpoints as the writer left them
 
     with checkpoints.manager(wd.path) as mngr:
       def save(state, epoch):  # every process calls it: orbax coordinates them
@@ -221,6 +204,9 @@ def fit(
 
     signals.raise_now = True
     signals.message = "during the final evaluation; the trained model is checkpointed: run the same command to evaluate it"
+    if signals.signum:  # arrived after the last epoch's check
+      raise Interrupted(f"{signal.Signals(signals.signum).name} received: stopped after the last epoch with a "
+                        f"checkpoint in {wd.path / 'checkpoints'}; run the same command to evaluate it", signals.signum)
     finals = []
     for index, replica in enumerate(replicas):
       params = _select(state.params, index, ensemble)

@@ -65,14 +65,6 @@ def is_legacy_run(path) -> bool:
   return config_lib.replica_of(path) is None
 
 
-def check_workdir(config: config_lib.Config, wd: workdir_lib.Workdir, overwrite: bool) -> None:
-  """Refuses a workdir `config`'s run may not use (and locks an existing one); see `workdir.Workdir`."""
-  if config_lib.replica_of(wd.path) is not None:
-    raise ConfigError(f"{wd.path} is one replica of the ensemble in {wd.path.parent}; run the ensemble's "
-                      "command there, or use another --workdir")
-  wd.check(overwrite)
-  if not overwrite:
-    loop.check_config(wd, config.to_dict(), config_lib.RESUMABLE_FIELDS)
 
 
 def train_and_evaluate(config: config_lib.Config, workdir, overwrite: bool = False) -> dict | list[dict]:
@@ -83,10 +75,15 @@ def train_and_evaluate(config: config_lib.Config, workdir, overwrite: bool = Fal
   """
   config.validate()
   model = config_lib.build_model(config)
-  with workdir_lib.Workdir(workdir, KIND, OUTPUTS, legacy=is_legacy_run, writer=hosts.is_writer(),
+  with workdir_lib.Workdir(workdir, KIND, (*workdir_lib.RUN_OUTPUTS, *OUTPUTS), legacy=is_legacy_run,
+                           writer=hosts.is_writer(), config=config.to_dict(), resumable=config_lib.RESUMABLE_FIELDS,
+                           normalize=lambda saved: config_lib.Config.from_dict(saved).to_dict(),
                            marker_fields={"model": checkpoints.model_spec(model),
                                           "num_replicas": config.num_replicas}) as wd:
-    check_workdir(config, wd, overwrite)
+    if config_lib.replica_of(wd.path) is not None:
+      raise ConfigError(f"{wd.path} is one replica of the ensemble in {wd.path.parent}; run the ensemble's "
+                        "command there, or use another --workdir")
+    wd.check(overwrite)
     mnist = data_lib.load_mnist(config.data_source, config.data_dir, config.tfds_download, config.data_path)
     train_split = data_lib.without_digit(mnist.train, config.exclude_digit)
     num_train = len(train_split.labels)
@@ -170,10 +167,10 @@ def train_and_evaluate(config: config_lib.Config, workdir, overwrite: bool = Fal
       replicas = [loop.Replica(wd.path / f"seed={s}", config.replica(i).to_dict(), f"seed {s}: ")
                   for i, s in enumerate(config.seeds)]
     finals = loop.fit(
-        wd, config=config.to_dict(), state=state, train_epoch=train_epoch, num_epochs=config.num_epochs,
+        wd, state=state, train_epoch=train_epoch, num_epochs=config.num_epochs,
         record=record, final=final, artifacts=artifacts, summary=summary, final_summary=final_summary,
         is_complete=lambda f: f.get("iwae_samples", 0) == config.iwae_samples,
-        resumable=config_lib.RESUMABLE_FIELDS, overwrite=overwrite, checkpoint_every=config.checkpoint_every,
+        overwrite=overwrite, checkpoint_every=config.checkpoint_every,
         nonfinite_policy=config.nonfinite_policy, data_fingerprint=data_lib.fingerprint(train_split),
         replicas=replicas)
   return finals if ensemble else finals[0]

@@ -40,7 +40,7 @@ from jaxvae.errors import ConfigError
 
 PAPER_ERROR = {"M2": 0.1197, "M1+M2": 0.0333}  # Kingma et al. 2014, Table 1, 100 labels
 STUDY_KIND, RUN_KIND = "semisupervised study", "m2"
-OUTPUTS = ("results.json", "class_grid.png", "seed=*")
+OUTPUTS = ("config.json", "results.json", "class_grid.png", "seed=*")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,10 +150,9 @@ def run_study(config: SemisupervisedConfig, outdir, overwrite: bool = False) -> 
   """Trains one M2 per seed in `outdir/seed=<s>/` (each through `loop.fit`, so each resumes),
   then writes results.json and class_grid.png; returns the results."""
   config.validate()
-  with workdir_lib.Workdir(outdir, STUDY_KIND, OUTPUTS, flag="--outdir") as wd:
+  with workdir_lib.Workdir(outdir, STUDY_KIND, OUTPUTS, flag="--outdir", config=_settings(config),
+                           resumable=RESUMABLE) as wd:
     wd.check(overwrite)
-    if not overwrite:
-      loop.check_config(wd, _settings(config), RESUMABLE)
     mnist = data_lib.load_mnist(config.data_source, path=config.data_path)
     labelled_indices = {s: data_lib.balanced_subset(train.KeyStreams.from_seed(s).data, mnist.train.labels,
                                                     config.num_labels // 10) for s in config.seeds}
@@ -200,10 +199,11 @@ def run_study(config: SemisupervisedConfig, outdir, overwrite: bool = False) -> 
                 f"  CE {r['cross_entropy']:.4f}")
         return text + (f"  test error {100 * r['test_error']:.2f}%" if "test_error" in r else "")
 
-      with workdir_lib.Workdir(wd.path / f"seed={seed}", RUN_KIND, flag="--outdir",
+      with workdir_lib.Workdir(wd.path / f"seed={seed}", RUN_KIND, workdir_lib.RUN_OUTPUTS, flag="--outdir",
+                               config={**_settings(config), "seed": seed}, resumable=RESUMABLE + ("seed",),
                                marker_fields={"model": checkpoints.model_spec(model)}) as run_dir:
         final = loop.fit(
-            run_dir, config={**_settings(config), "seed": seed}, state=train.init_state(
+            run_dir, state=train.init_state(
                 conditional.init_params(model, keys.init), optimizer),
             train_epoch=lambda state, epoch, keys=keys, unlabelled=unlabelled, labelled_set=labelled_set: epoch_fn(
                 state, unlabelled, jax.random.fold_in(keys.train, epoch), keys.train, labelled_set),
@@ -211,7 +211,7 @@ def run_study(config: SemisupervisedConfig, outdir, overwrite: bool = False) -> 
             final=lambda params, index, seed=seed: {"seed": seed, "test_error": test_error(params)},
             summary=summary, final_summary=lambda f: f"{config.name} seed {f['seed']}: test error "
                                                      f"{100 * f['test_error']:.2f}%",
-            resumable=RESUMABLE + ("seed",), checkpoint_every=config.checkpoint_every,
+            checkpoint_every=config.checkpoint_every,
             data_fingerprint=data_lib.fingerprint(mnist.train))[0]
       errors[seed] = final["test_error"]
       if first_params is None:

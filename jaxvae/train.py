@@ -85,8 +85,7 @@ def create_train_state(model: nn.Module, optimizer: optax.GradientTransformation
   """
 
   def create(key):
-    params = models.init_params(model, key, output_bias_D)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
+    return init_state(models.init_params(model, key, output_bias_D), optimizer)
 
   return jax.jit(jax.vmap(create) if key.ndim else create)(key)
 

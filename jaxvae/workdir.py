@@ -68,33 +68,47 @@ def _entries(directory: pathlib.Path) -> list[pathlib.Path]:
   return [p for p in directory.iterdir() if p.name != LOCK]
 
 
+# What the training loop writes into every run's directory (`loop.fit`), for `--overwrite`.
+RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "config.json", "events.out.tfevents.*", "rejected_checkpoints")
+
+
 class Workdir:
   """One directory a run or study of `kind` writes into; see the module docstring.
 
   Use it as a context manager (the lock is released on exit):
 
-    with Workdir(path, "cvae", outputs=("results.json",)) as wd:
-      wd.check(overwrite)   # refusals; takes the lock when the directory exists
+    with Workdir(path, "cvae", outputs=(*RUN_OUTPUTS, "results.json"), config=settings) as wd:
+      wd.check(overwrite)   # refusals; locks a directory that holds a run of this kind
       ...                   # load and check the data: nothing is written yet
       wd.open(overwrite)    # creates, locks, deletes the old outputs (overwrite), marks
 
-  `outputs`: names (or glob patterns) of what a run of this kind writes, for
-  `--overwrite`. `legacy(path) -> bool`: whether an unmarked directory holds a
-  run of this kind from before the marker. `flag` names the directory in errors.
+  `outputs`: names (or glob patterns) of everything a run of this kind writes,
+  for `--overwrite`. `config` (a JSON object): the run's settings; a directory
+  whose config.json differs, but for the `resumable` names, is refused (after
+  `normalize` of the saved object, e.g. to fill in fields added since).
+  `legacy(path) -> bool`: whether an unmarked directory holds a run of this kind
+  from before the marker; it resumes when `legacy_resumes`, else only
+  `--overwrite` replaces it. `flag` names the directory in errors.
   `writer=False` (the other processes of a multi-process run) only checks.
   """
 
   def __init__(self, path, kind: str, outputs: Iterable[str] = (), legacy: Callable[[pathlib.Path], bool] | None = None,
-               flag: str = "--workdir", marker_fields: dict | None = None, writer: bool = True):
+               flag: str = "--workdir", marker_fields: dict | None = None, writer: bool = True,
+               config: dict | None = None, resumable: Iterable[str] = (),
+               normalize: Callable[[dict], dict] = lambda saved: saved, legacy_resumes: bool = True):
     self.path = pathlib.Path(path)
     self.kind = kind
-    self.outputs = ("checkpoints", "metrics.jsonl", "config.json", "events.out.tfevents.*", "rejected_checkpoints",
-                    *outputs)
+    self.outputs = tuple(outputs)
     self.legacy = legacy
     self.name = f"{flag}={self.path}"
     self.marker_fields = dict(marker_fields or {})
     self.writer = writer
+    self.config = config
+    self.resumable = tuple(resumable)
+    self.normalize = normalize
+    self.legacy_resumes = legacy_resumes
     self._lock_file = None
+    self._was_empty = False
 
   def __enter__(self) -> "Workdir":
     return self
@@ -111,12 +125,14 @@ class Workdir:
     return self.path.is_dir() and self.legacy is not None and self.legacy(self.path)
 
   def check(self, overwrite: bool = False) -> None:
-    """Refuses a file, a foreign directory or one of another kind (overwrite or not); locks an
-    existing directory of this kind. Changes nothing on disk but the lock file."""
+    """Refuses a file, a foreign directory or one of another kind (overwrite or not), and
+    (without `overwrite`) a run with other settings; locks a directory that holds a run of
+    this kind. Changes nothing on disk but the lock file."""
     path = self.path
     if path.exists() and not path.is_dir():
       raise WorkdirError(f"{self.name} exists and is not a directory")
     if not path.is_dir() or not _entries(path):
+      self._was_empty = True
       return
     marker = read_marker(path)
     if marker is not None and marker["kind"] != self.kind:
@@ -129,7 +145,24 @@ class Workdir:
     if not self.holds_run():
       raise WorkdirError(f"{self.name} is not empty and holds no jaxvae {self.kind} run; use another directory "
                          "(nothing in it was changed)")
+    if marker is None and not self.legacy_resumes and not overwrite:
+      raise WorkdirError(f"{self.name} holds a {self.kind} from an earlier jaxvae (load it with jaxvae.load_model); "
+                         "pass --overwrite to train a new one there")
     self._lock()
+    if not overwrite and self.config is not None:
+      self._check_config()
+
+  def _check_config(self) -> None:
+    path = self.path / "config.json"
+    if not path.is_file():
+      return
+    saved = self.normalize(read_json_object(path, "config"))
+    config = self.config
+    changed = [f"{k}: {saved.get(k)!r} -> {config.get(k)!r}" for k in sorted(saved.keys() | config.keys())
+               if k not in self.resumable and saved.get(k) != config.get(k)]
+    if changed:
+      raise WorkdirError(f"{self.path} holds a run with other settings ({'; '.join(changed)}); "
+                         "use another directory, or --overwrite to replace that run")
 
   # Writing.
   def open(self, overwrite: bool = False) -> None:
@@ -139,6 +172,9 @@ class Workdir:
       return
     self.path.mkdir(parents=True, exist_ok=True)
     self._lock()
+    if self._was_empty and _entries(self.path):
+      raise WorkdirError(f"{self.name} was empty when this run started and another process has written into it "
+                         "since; run the command again")
     self.check(overwrite)  # again, now that no other process can change it
     if overwrite and self.holds_run():
       self.remove_outputs()
@@ -158,12 +194,15 @@ class Workdir:
   def _lock(self) -> None:
     if self._lock_file is not None or not self.writer:
       return
-    handle = open(self.path / LOCK, "a+")  # pylint: disable=consider-using-with
+    handle = open(self.path / LOCK, "a+", errors="replace")  # pylint: disable=consider-using-with
     try:
       fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    except OSError as e:
+      if not isinstance(e, BlockingIOError):
+        handle.close()
+        raise WorkdirError(f"{self.name}: cannot lock {LOCK} ({e})") from None
       handle.seek(0)
-      holder = handle.read().strip()
+      holder = handle.read().strip()[:20]
       handle.close()
       raise WorkdirError(f"{self.name} is in use by another process{f' (pid {holder})' if holder else ''}; "
                          "wait for it to finish, or use another directory") from None

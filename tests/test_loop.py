@@ -351,3 +351,44 @@ def test_a_full_disk_is_one_error_line_and_the_run_resumes_after(tiny_npz, tmp_p
   run_cli(*args(tiny_npz, workdir, "--num_epochs=2"))
   strip = lambda d: [{k: v for k, v in r.items() if k not in TIMING} for r in jaxvae.read_metrics(d / "metrics.jsonl")]
   assert strip(workdir) == strip(lone)
+
+
+def test_load_model_changes_nothing_on_disk(tiny_npz, tmp_path):
+  """A run may be training where a model is loaded: its partial save must stay."""
+  workdir = tmp_path / "run"
+  run_cli(*args(tiny_npz, workdir, "--num_epochs=1", "--eval_iwae_samples=0"))
+  partial = workdir / "checkpoints" / "2.orbax-checkpoint-tmp-1700000000"
+  partial.mkdir()
+  before = snapshot(workdir)
+  jaxvae.load_model(workdir)
+  assert snapshot(workdir) == before and partial.is_dir()
+
+
+def test_a_config_json_from_before_a_field_existed_still_resumes(tiny_npz, tmp_path):
+  workdir = tmp_path / "run"
+  run_cli(*args(tiny_npz, workdir, "--num_epochs=1", "--eval_iwae_samples=0"))
+  saved = json.loads((workdir / "config.json").read_text())
+  del saved["architecture"], saved["output_bias"]  # written by a jaxvae that had neither field
+  (workdir / "config.json").write_text(json.dumps(saved))
+  proc = run_cli(*args(tiny_npz, workdir, "--num_epochs=2", "--eval_iwae_samples=0"))
+  assert "epoch    2/2" in proc.stdout and "epoch    1/2" not in proc.stdout
+
+
+def test_studies_and_earlier_runs_of_other_families_are_never_overwritten(tiny_npz, tmp_path):
+  # An earlier CVAE's directory (its results.json, checkpoints and records) is not a latent-space study.
+  cvae_like = tmp_path / "cvae"
+  for name, text in {"results.json": "{}", "metrics.jsonl": "", "checkpoints/0/x": "params",
+                     "model.json": '{"class": "ConditionalVAE"}'}.items():
+    (cvae_like / name).parent.mkdir(parents=True, exist_ok=True)
+    (cvae_like / name).write_text(text)
+  assert_refused([f"--outdir={cvae_like}", "--vae=nowhere", "--ae=nowhere"], "holds no jaxvae latent-space study",
+                 cvae_like, module="experiments.latent_space")
+  # A classifier from before the marker is kept unless --overwrite replaces it.
+  old = tmp_path / "classifier"
+  old.mkdir()
+  (old / "metrics.json").write_text('{"test_accuracy": 0.9}')
+  assert_refused([f"--workdir={old}", NPZ, f"--data_path={tiny_npz}"], "from an earlier jaxvae", old,
+                 module="experiments.classifier")
+  run_cli(f"--workdir={old}", "--num_epochs=1", "--overwrite", NPZ, f"--data_path={tiny_npz}",
+          module="experiments.classifier")
+  assert not (old / "metrics.json").exists() and jaxvae.read_metrics(old / "metrics.jsonl")[-1]["final"]

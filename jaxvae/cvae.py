@@ -134,7 +134,7 @@ def train_and_evaluate(config: CVAEConfig, workdir, overwrite: bool = False) -> 
       terms = conditional.conditional_elbo_terms(model, params, keys.eval, test_x, test_labels)
       return {"test_neg_conditional_elbo": -float(jnp.mean(terms.elbo)), "test_kl": float(jnp.mean(terms.kl)),
               "test_reconstruction": float(jnp.mean(terms.reconstruction)),
-              "judge_test_accuracy": judge_settings.get("test_accuracy"),
+              "judge": config.classifier, "judge_test_accuracy": judge_settings.get("test_accuracy"),
               **judge_samples(model, params, keys.sample, (judge_model, judge_params), config.num_samples)}
 
     def artifacts(params, index, directory, epoch):
@@ -162,7 +162,8 @@ def train_and_evaluate(config: CVAEConfig, workdir, overwrite: bool = False) -> 
         final_summary=lambda f: (f"test conditional -ELBO {f['test_neg_conditional_elbo']:.2f} nats; "
                                  f"{100 * f['conditional_accuracy']:.2f}% of class-conditional samples classified "
                                  "as requested"),
-        is_complete=lambda f: f.get("num_samples") == config.num_samples // 10 * 10,
+        is_complete=lambda f: (f.get("num_samples"), f.get("judge")) == (config.num_samples // 10 * 10,
+                                                                          config.classifier),
         overwrite=overwrite, checkpoint_every=config.checkpoint_every,
         data_fingerprint=data_lib.fingerprint(mnist.train))[0]
     results = {k: v for k, v in final_record.items() if k not in ("final", "epoch", "step", "wall_seconds")}

@@ -57,10 +57,11 @@ def family_records(run_dir):
   return [{k: v for k, v in r.items() if k not in TIMING} for r in jaxvae.read_metrics(run_dir / "metrics.jsonl")]
 
 
-# The classifier and M2 on pixels share every line of the loop with the CVAE and M1+M2 (and the
-# VAE, in test_reliability); they run with `python -m pytest -m slow`.
+# The classifier, M2 and M1+M2 share every line of the loop with the CVAE (and the VAE, in
+# test_reliability); they run with `python -m pytest -m slow`.
 @pytest.mark.parametrize("family", [pytest.param("classifier", marks=pytest.mark.slow), "cvae",
-                                    pytest.param("m2", marks=pytest.mark.slow), "m1m2"])
+                                    pytest.param("m2", marks=pytest.mark.slow),
+                                    pytest.param("m1m2", marks=pytest.mark.slow)])
 def test_every_family_resumes_bit_identical_after_kill_9_and_sigterm(family, tiny_npz, tmp_path, judge, m1):
   module, lone_flags, lone = family_command(family, tiny_npz, tmp_path / "lone", judge, m1)
   run_cli(*lone_flags, module=module)
@@ -323,11 +324,12 @@ def test_ctrl_c_before_the_first_epoch_is_one_line_and_loses_nothing(tiny_npz, t
   assert {p: v for p, v in after.items() if p.name != ".lock"} == {p: v for p, v in before.items() if p.name != ".lock"}
 
 
-def test_summarize_refuses_a_bad_x_before_writing_anything(tiny_npz, tmp_path):
+def test_summarize_refuses_a_bad_x_before_writing_anything(tmp_path):
+  from tests.test_sweep import final, write_run  # pylint: disable=g-import-not-at-top
+
   sweep = tmp_path / "sweep"
   for dim in (2, 3):
-    run_cli(*args(tiny_npz, sweep / f"latent_dim={dim}", "--num_epochs=1", f"--latent_dim={dim}",
-                  "--eval_iwae_samples=0"))
+    write_run(sweep / f"latent_dim={dim}", final(100.0 - dim, 5.0), latent_dim=dim)
   proc = run_cli(str(sweep), "--x=no_such_setting", check=False, module="experiments.summarize")
   assert proc.returncode != 0 and proc.stderr.strip().splitlines()[-1].startswith("error: --x=no_such_setting")
   assert not list(sweep.glob("results.*"))

@@ -3,7 +3,9 @@
 `metrics.jsonl` is the record of truth: one object per epoch, then one with
 `"final": true`. Every numeric field is also written as a TensorBoard scalar
 (tensorboardX's event writer, no TensorFlow) into the same directory, so
-`tensorboard --logdir runs/` shows the training curves.
+`tensorboard --logdir runs/` shows the training curves; a resumed run starts its
+event file with a purge of the epochs after its checkpoint, so TensorBoard shows
+each epoch once.
 """
 
 import json
@@ -54,12 +56,16 @@ class Records:
     self.directory = pathlib.Path(directory)
     self.path = self.directory / METRICS
     self._writer = None
+    self._purge_step = None
 
   def read(self) -> list[dict]:
     return read_metrics(self.path)
 
   def rewrite(self, records: list[dict]) -> None:
+    """Replaces the records by `records` (those of a resumed run's restored epochs); TensorBoard
+    is told to drop the scalars of later epochs that earlier event files hold."""
     write_metrics(self.path, records)
+    self._purge_step = max([r["epoch"] for r in records], default=0) + 1
 
   def append(self, record: dict) -> None:
     """Appends `record`; its numbers become TensorBoard scalars at step `epoch` (the final
@@ -68,7 +74,7 @@ class Records:
     if self._writer is None:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
 
-      self._writer = SummaryWriter(logdir=str(self.directory), flush_secs=30)
+      self._writer = SummaryWriter(logdir=str(self.directory), flush_secs=30, purge_step=self._purge_step)
     prefix = "final/" if record.get("final") else ""
     for name, value in record.items():
       if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and name != "epoch":

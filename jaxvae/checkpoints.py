@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxvae import train
 from jaxvae import workdir as workdir_lib
 from jaxvae.errors import CheckpointError, WorkdirError
 
@@ -89,6 +90,10 @@ def _first_line(e: Exception) -> str:
   return (str(e).splitlines() or [type(e).__name__])[0][:200]
 
 
+class _Damaged(Exception):
+  """A checkpoint that cannot be used, though a better one may exist."""
+
+
 def _restore_one(mngr, epoch: int, target, data_fingerprint):
   """(state, meta) of checkpoint `epoch` restored into `target`'s structure.
 
@@ -134,10 +139,6 @@ def _restore_one(mngr, epoch: int, target, data_fingerprint):
   if not all_finite(state.opt_state):
     raise _Damaged(f"{where} holds a non-finite optimizer state")
   return state, meta
-
-
-class _Damaged(Exception):
-  """A checkpoint that cannot be used, though a better one may exist."""
 
 
 @dataclasses.dataclass
@@ -203,8 +204,7 @@ def abstract_params(model, init, num_replicas: int = 1):
   whole on this process's devices. `CheckpointError` when the model cannot be built (a damaged spec)."""
   key = jax.random.split(jax.random.key(0), num_replicas) if num_replicas > 1 else jax.random.key(0)
   fn = jax.vmap(lambda k: init(model, k)) if num_replicas > 1 else lambda k: init(model, k)
-  devices = np.asarray(jax.local_devices())
-  sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(devices, ("data",)), jax.sharding.PartitionSpec())
+  sharding = jax.sharding.NamedSharding(train.data_mesh(jax.local_devices()), jax.sharding.PartitionSpec())
   try:
     shapes = jax.eval_shape(fn, key)
   except Exception as e:  # a spec with fields of the wrong type fails inside the module

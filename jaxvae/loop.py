@@ -97,8 +97,9 @@ def _select(tree, index: int, ensemble: bool):
   return jax.tree.map(lambda a: a[index], tree) if ensemble else tree
 
 
-def _step(state, index: int, ensemble: bool) -> int:
-  return int(np.asarray(jax.device_get(state.step)).reshape(-1)[index if ensemble else 0])
+def _steps(state) -> np.ndarray:
+  """The step of every replica (one for a single run), copied to the host once."""
+  return np.asarray(jax.device_get(state.step)).reshape(-1)
 
 
 def fit(
@@ -164,7 +165,7 @@ def fit(
         replica.records.rewrite(records)
     if restored.state is not None:
       state = restored.state
-      logging.info("resumed from the checkpoint of epoch %d (step %d)", start_epoch, _step(state, 0, ensemble))
+      logging.info("resumed from the checkpoint of epoch %d (step %d)", start_epoch, _steps(state)[0])
     wall_start = time.perf_counter() - (kept[0][-1].get("wall_seconds", 0.0) if kept[0] else 0.0)
     hosts.sync("workdir opened")  # every process sees the checkpoints as the writer left them
 
@@ -177,13 +178,13 @@ def fit(
       for epoch in range(start_epoch + 1, num_epochs + 1):
         start = time.perf_counter()
         state, metrics = train_epoch(state, epoch)
-        metrics = jax.device_get(metrics)
+        metrics, steps = jax.device_get(metrics), _steps(state)
         seconds = time.perf_counter() - start
         for index, replica in enumerate(replicas):
           _check_finite(_select(metrics, index, ensemble), epoch, replica, nonfinite_policy, mngr, ensemble)
         for index, replica in enumerate(replicas):
           params, replica_metrics = _select((state.params, metrics), index, ensemble)
-          rec = {"epoch": epoch, "step": _step(state, index, ensemble),
+          rec = {"epoch": epoch, "step": int(steps[index]),
                  **record(params, index, epoch, replica_metrics),
                  "images_per_sec": int(replica_metrics["num_images"]) / seconds, "epoch_seconds": seconds,
                  "wall_seconds": time.perf_counter() - wall_start,
@@ -207,10 +208,10 @@ def fit(
     if signals.signum:  # arrived after the last epoch's check
       raise Interrupted(f"{signal.Signals(signals.signum).name} received: stopped after the last epoch with a "
                         f"checkpoint in {wd.path / 'checkpoints'}; run the same command to evaluate it", signals.signum)
-    finals = []
+    finals, steps = [], _steps(state)
     for index, replica in enumerate(replicas):
       params = _select(state.params, index, ensemble)
-      rec = {"final": True, "epoch": num_epochs, "step": _step(state, index, ensemble), **final(params, index),
+      rec = {"final": True, "epoch": num_epochs, "step": int(steps[index]), **final(params, index),
              "wall_seconds": time.perf_counter() - wall_start}
       if writer:  # pictures first: the final record marks the run complete
         if artifacts is not None:

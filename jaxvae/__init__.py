@@ -16,6 +16,9 @@ from jaxvae import pictures
 from jaxvae import records
 from jaxvae import run
 from jaxvae import semisupervised
+from jaxvae import seqvae
+from jaxvae import sequence
+from jaxvae import text
 from jaxvae import train
 from jaxvae import workdir
 from jaxvae.checkpoints import load_model
@@ -60,6 +63,7 @@ from jaxvae.objectives import (
     iwae_bound,
     importance_sampler,
     iwae_objective,
+    log_likelihood,
     log_importance_weights,
     multi_sample_elbo,
     reconstruction_log_likelihood,
@@ -70,6 +74,8 @@ from jaxvae.plots import image_grid, save_image_grid
 from jaxvae.loop import fit
 from jaxvae.records import read_metrics
 from jaxvae.run import train_and_evaluate
+from jaxvae.sequence import SequenceVAE, decode, homotopy
+from jaxvae.text import Vocabulary, tokenize
 from jaxvae.train import (
     KeyStreams,
     TrainState,

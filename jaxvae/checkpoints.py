@@ -183,11 +183,12 @@ def model_spec(model) -> dict:
 
 def _families() -> dict:
   """class name -> (module class, init(model, key) -> params)."""
-  from jaxvae import classifier, conditional, models  # pylint: disable=g-import-not-at-top
+  from jaxvae import classifier, conditional, models, sequence  # pylint: disable=g-import-not-at-top
 
   return {"VAE": (models.VAE, models.init_params), "TwoLayerVAE": (models.TwoLayerVAE, models.init_params),
           "ConditionalVAE": (conditional.ConditionalVAE, conditional.init_params),
-          "M2": (conditional.M2, conditional.init_params), "Classifier": (classifier.Classifier, classifier.init_params)}
+          "M2": (conditional.M2, conditional.init_params), "Classifier": (classifier.Classifier, classifier.init_params),
+          "SequenceVAE": (sequence.SequenceVAE, sequence.init_params)}
 
 
 def module_from_spec(spec: dict, where: str = "model spec"):
@@ -251,7 +252,7 @@ def restore_params(workdir, abstract, epoch: int | None = None):
 
 
 def load_model(workdir, epoch: int | None = None):
-  """Loads a trained model of any family (VAE, AE, two-layer, CVAE, M2, classifier) from its workdir.
+  """Loads a trained model of any family (VAE, AE, two-layer, CVAE, M2, classifier, sequence VAE) from its workdir.
 
   Only the params are read (never the optimizer state), from the newest good
   checkpoint. `workdir` may also be the `seed=<s>/` directory of one replica of

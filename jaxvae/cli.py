@@ -34,12 +34,16 @@ def quiet_library_logs() -> None:
   logging.get_absl_handler().addFilter(keep)
 
 
-def define_flags(cls, helps: dict[str, str], choices: dict[str, Sequence[str]] | None = None) -> None:
-  """Defines one absl flag per field of the settings dataclass `cls`, named like the field,
-  with its default; `helps[name]` is its help, `choices[name]` makes it an enum."""
-  choices = choices or {}
+def define_flags(cls, helps: dict[str, str], choices: dict[str, Sequence[str]] | None = None,
+                 defaults: dict | None = None) -> None:
+  """Defines one absl flag per field of the settings dataclass `cls` that `helps` names, named
+  like the field, with its default (or `defaults[name]`); `helps[name]` is its help,
+  `choices[name]` makes it an enum. Fields without a help get no flag (see `config_from_flags`)."""
+  choices, defaults = choices or {}, defaults or {}
   for field in dataclasses.fields(cls):
-    name, default, kind = field.name, field.default, field.type
+    name, default, kind = field.name, defaults.get(field.name, field.default), field.type
+    if name not in helps:
+      continue
     if isinstance(kind, types.UnionType):  # X | None
       kind = next(t for t in kind.__args__ if t is not type(None))
     help_text = helps[name]
@@ -57,10 +61,13 @@ def define_flags(cls, helps: dict[str, str], choices: dict[str, Sequence[str]] |
       flags.DEFINE_list(name, [str(v) for v in default], help_text)
 
 
-def config_from_flags(cls):
-  """The `cls` (see `define_flags`) whose every field is the flag of the same name."""
-  values = {}
+def config_from_flags(cls, **fixed):
+  """The `cls` (see `define_flags`) whose every field is the flag of the same name, or the
+  value in `fixed` (fields without a flag: the dataclass default)."""
+  values = dict(fixed)
   for field in dataclasses.fields(cls):
+    if field.name in fixed or field.name not in flags.FLAGS:
+      continue
     value = flags.FLAGS[field.name].value
     if isinstance(value, list):  # tuple[int, ...]
       try:

@@ -30,14 +30,25 @@ class Elbo(NamedTuple):
   kl_dims: jax.Array | None = None  # [L] (or [B, L]) the KL of each latent dimension, where defined
 
 
-def elbo(model: nn.Module, params, key: jax.Array, x_D: jax.Array) -> Elbo:
-  """Single-sample ELBO estimate for ONE example x_D (targets in [0, 1]).
+def log_likelihood(model: nn.Module, params, x_D: jax.Array, z_L: jax.Array, **decoder_inputs) -> jax.Array:
+  """log p(x | z) for ONE example, nats: independent Bernoulli pixels with logits `model.decode(z)`,
+  or the model's own `log_likelihood(x, z)` where the decoder reads x too (an autoregressive one,
+  `jaxvae.sequence.SequenceVAE`, which also takes `decoder_inputs` such as word dropout's mask)."""
+  if hasattr(model, "log_likelihood"):
+    return model.apply(params, x_D, z_L, method=model.log_likelihood, **decoder_inputs)
+  return distributions.bernoulli_log_likelihood(x_D, model.apply(params, z_L, method=model.decode))
+
+
+def elbo(model: nn.Module, params, key: jax.Array, x_D: jax.Array, **decoder_inputs) -> Elbo:
+  """Single-sample ELBO estimate for ONE example x_D (targets in [0, 1], or a sequence).
 
   Args:
-    model: a module with `encode` (x -> mean, logvar) and `decode` (z -> logits).
+    model: a module with `encode` (x -> mean, logvar) and `decode` (z -> logits)
+      or `log_likelihood` (x, z -> log p(x | z); see `log_likelihood`).
     params: its variables, as returned by `model.init`.
     key: PRNG key for the reparameterized sample z ~ q(z | x).
     x_D: [D] one example.
+    **decoder_inputs: passed to the model's `log_likelihood` (e.g. word dropout's `keep_T`).
 
   Returns:
     `Elbo` of scalars. For a `models.TwoLayerVAE`, see `two_layer_elbo`.
@@ -46,8 +57,7 @@ def elbo(model: nn.Module, params, key: jax.Array, x_D: jax.Array) -> Elbo:
     return two_layer_elbo(model, params, key, x_D)
   mean_L, logvar_L = model.apply(params, x_D, method=model.encode)
   z_L = distributions.reparameterize(key, mean_L, logvar_L)
-  logits_D = model.apply(params, z_L, method=model.decode)
-  reconstruction = distributions.bernoulli_log_likelihood(x_D, logits_D)
+  reconstruction = log_likelihood(model, params, x_D, z_L, **decoder_inputs)
   kl_L = distributions.kl_per_dimension(mean_L, logvar_L)
   kl = jnp.sum(kl_L)
   return Elbo(reconstruction - kl, reconstruction, kl, kl_L)
@@ -92,7 +102,7 @@ def reconstruction_log_likelihood(model: nn.Module, params, x_D: jax.Array) -> j
   Minus this is the "reconstruction error" anomaly score, for a VAE and an AE alike.
   """
   mean_L, _ = model.apply(params, x_D, method=model.encode)
-  return distributions.bernoulli_log_likelihood(x_D, model.apply(params, mean_L, method=model.decode))
+  return log_likelihood(model, params, x_D, mean_L)
 
 
 def autoencoder(model: nn.Module, params, key: jax.Array, x_D: jax.Array) -> Elbo:
@@ -141,7 +151,7 @@ def importance_sampler(model: nn.Module, params, x_D: jax.Array):
 
   def sample(sample_key):
     z_L = distributions.reparameterize(sample_key, mean_L, logvar_L)
-    log_px = distributions.bernoulli_log_likelihood(x_D, model.apply(params, z_L, method=model.decode))
+    log_px = log_likelihood(model, params, x_D, z_L)
     log_pz = distributions.standard_normal_log_density(z_L)
     log_qz = distributions.gaussian_log_likelihood(z_L, mean_L, logvar_L)
     return log_px + log_pz - log_qz, log_px

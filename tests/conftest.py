@@ -43,3 +43,25 @@ def compilation_cache(tmp_path_factory):
       os.environ.pop(key)
     else:
       os.environ[key] = value
+
+
+def make_sentences(num: int, seed: int) -> list[str]:
+  """Sentences of a tiny grammar ("the big dog sat on a mat ."), one per line: learnable structure."""
+  rng = np.random.default_rng(seed)
+  nouns, verbs = ["dog", "cat", "bird", "child"], ["sat", "ran", "slept", "stood"]
+  adjectives, places = ["big", "small", "red", "old"], ["mat", "log", "hill", "bed"]
+  lines = []
+  for _ in range(num):
+    words = ["the", *(rng.choice(adjectives, rng.integers(0, 3))), rng.choice(nouns), rng.choice(verbs)]
+    if rng.random() < 0.6:
+      words += ["on", "a", rng.choice(places)]
+    lines.append(" ".join(words + ["."]))
+  return lines
+
+
+@pytest.fixture(scope="session")
+def tiny_text(tmp_path_factory):
+  """A one-sentence-per-line corpus of 400 sentences (shared, read-only)."""
+  path = tmp_path_factory.mktemp("text") / "tiny.txt"
+  path.write_text("\n".join(make_sentences(400, 0)) + "\n")
+  return path

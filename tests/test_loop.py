@@ -1,6 +1,6 @@
 """The one training loop and workdir protocol, through every family's real command.
 
-Each family (VAE in test_reliability, CVAE, classifier, M2, M1+M2 here) is killed
+Each family (VAE in test_reliability, CVAE, classifier, M2, M1+M2, sentence VAE here) is killed
 with SIGKILL, stopped with SIGTERM and resumed, and ends bit-identical to an
 uninterrupted run; foreign directories are never touched; checkpoints are
 trusted only when they are good; models load without their optimizer.
@@ -19,6 +19,7 @@ import pytest
 import jaxvae
 from tests.test_cli import run_cli
 from tests.test_reliability import TIMING, args, assert_refused, snapshot, start_and_signal
+from tests.test_sequence import assert_sentence_report, sentences_args
 
 NPZ = "--data_source=npz"
 
@@ -37,9 +38,12 @@ def m1(tiny_npz, tmp_path_factory):
   return workdir
 
 
-def family_command(family, tiny_npz, directory, judge, m1):
+def family_command(family, tiny_npz, directory, judge, m1, tiny_text=None):
   """(module, flags, the directory whose metrics.jsonl and checkpoints the family writes)."""
   data = (NPZ, f"--data_path={tiny_npz}")
+  if family == "sentences":
+    return "experiments.sentences", sentences_args(tiny_text, directory, "--num_epochs=12", "--word_dropout=0.2",
+                                                   "--kl_warmup_epochs=2"), directory
   if family == "classifier":
     return "experiments.classifier", [f"--workdir={directory}", "--num_epochs=12", *data], directory
   if family == "cvae":
@@ -57,15 +61,17 @@ def family_records(run_dir):
   return [{k: v for k, v in r.items() if k not in TIMING} for r in jaxvae.read_metrics(run_dir / "metrics.jsonl")]
 
 
-# The classifier, M2 and M1+M2 share every line of the loop with the CVAE (and the VAE, in
-# test_reliability); they run with `python -m pytest -m slow`.
-@pytest.mark.parametrize("family", [pytest.param("classifier", marks=pytest.mark.slow), "cvae",
+# The classifier, the CVAE, M2 and M1+M2 share every line of the loop with the sentence VAE
+# (and the VAE, in test_reliability); they run with `python -m pytest -m slow`.
+@pytest.mark.parametrize("family", [pytest.param("classifier", marks=pytest.mark.slow),
+                                    pytest.param("cvae", marks=pytest.mark.slow),
                                     pytest.param("m2", marks=pytest.mark.slow),
-                                    pytest.param("m1m2", marks=pytest.mark.slow)])
-def test_every_family_resumes_bit_identical_after_kill_9_and_sigterm(family, tiny_npz, tmp_path, judge, m1):
-  module, lone_flags, lone = family_command(family, tiny_npz, tmp_path / "lone", judge, m1)
+                                    pytest.param("m1m2", marks=pytest.mark.slow), "sentences"])
+def test_every_family_resumes_bit_identical_after_kill_9_and_sigterm(family, tiny_npz, tmp_path, judge, m1,
+                                                                     tiny_text):
+  module, lone_flags, lone = family_command(family, tiny_npz, tmp_path / "lone", judge, m1, tiny_text)
   run_cli(*lone_flags, module=module)
-  module, flags, run_dir = family_command(family, tiny_npz, tmp_path / "run", judge, m1)
+  module, flags, run_dir = family_command(family, tiny_npz, tmp_path / "run", judge, m1, tiny_text)
 
   killed = start_and_signal(flags, run_dir, signal.SIGKILL, after_epochs=3, module=module)
   assert killed.returncode == -signal.SIGKILL, "the run finished before it could be killed"
@@ -80,6 +86,8 @@ def test_every_family_resumes_bit_identical_after_kill_9_and_sigterm(family, tin
   for a, b in zip(jax.tree.leaves(jaxvae.load_model(run_dir)[1]), jax.tree.leaves(jaxvae.load_model(lone)[1])):
     np.testing.assert_array_equal(a, b)
   assert list(run_dir.glob("events.out.tfevents.*"))  # TensorBoard's copy of the records
+  if family == "sentences":
+    assert_sentence_report(run_dir, word_dropout=0.2)
 
 
 FOREIGN = {"checkpoints/notes.txt": "mine", "images/a.png": "mine", "metrics.jsonl": "{}\n",

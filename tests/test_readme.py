@@ -14,7 +14,7 @@ README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 def test_readme_snippet_runs():
   text = README.read_text()
   blocks = re.findall(r"<!-- snippet -->\n```python\n(.*?)```", text, re.S)
-  assert len(blocks) == 4
+  assert len(blocks) == 5
   namespace = {}
   for block in blocks:
     exec(compile(block, "README.md", "exec"), namespace)  # pylint: disable=exec-used
@@ -31,3 +31,6 @@ def test_readme_snippet_runs():
   assert (namespace["workdir"] / "checkpoints" / "2").is_dir()
   for a, b in zip(jax.tree.leaves(namespace["trained_params"]), jax.tree.leaves(namespace["params"])):
     assert a.shape == b.shape and not np.array_equal(a, b)  # trained, from the first snippet's init
+  seq_terms, seq_iwae_B = namespace["seq_terms"], namespace["seq_iwae_B"]
+  assert seq_terms.elbo.shape == seq_iwae_B.shape == (2,) and bool((seq_iwae_B >= seq_terms.elbo - 1.0).all())
+  assert isinstance(namespace["sampled"], str)

@@ -2,8 +2,8 @@ r"""A sentence VAE (Bowman et al. 2016) on real English: LSTM encoder, autoregre
 
   apt-get install --no-install-recommends wordnet-base       # the corpus: WordNet 3.0's examples
   python -m experiments.sentences                             # the VAE, no remedies
-  python -m experiments.sentences --kl_warmup_epochs=5 --word_dropout=0.3 --workdir=runs/sentences_remedies
-  python -m experiments.sentences --model=lm --workdir=runs/sentences_lm   # the recurrent LM baseline
+  python -m experiments.sentences --kl_warmup_epochs=3 --word_dropout=0.25 --workdir=runs/sentences_vae_remedies
+  python -m experiments.sentences --model=lm --workdir=runs/sentences_lm     # the recurrent LM baseline
   python -m experiments.sentences --corpus=lines --text_path=ptb.train.txt  # any one-sentence-per-line file
 
 Word-level vocabulary (the most frequent words of the training split, others

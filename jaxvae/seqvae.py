@@ -93,9 +93,9 @@ class SequenceConfig:
   def validate(self) -> "SequenceConfig":
     config_lib.check_settings(
         self, positive=("latent_dim", "hidden_dim", "embed_dim", "num_epochs", "batch_size", "eval_batch_size",
-                        "iwae_chunk_size", "checkpoint_every", "vocab_size", "max_length"),
-        nonnegative=("kl_warmup_epochs", "seed", "split_seed", "eval_iwae_samples"),
-        finite_positive=("learning_rate",), limits={"vocab_size": 1 << 20, "max_length": 4096, "embed_dim": 1 << 16})
+                        "iwae_chunk_size", "checkpoint_every", "vocab_size", "max_length", "eval_iwae_samples"),
+        nonnegative=("kl_warmup_epochs", "seed", "split_seed"),
+        finite_positive=("learning_rate",), limits={"vocab_size": 1 << 20, "max_length": text_lib.MAX_LENGTH, "embed_dim": 1 << 16})
     choices = {"data": DATA, "model": MODELS, "corpus": text_lib.CORPORA, "data_source": data_lib.SOURCES,
                "nonfinite_policy": train.NONFINITE_POLICIES}
     for name, allowed in choices.items():
@@ -308,9 +308,9 @@ def train_and_evaluate(config: SequenceConfig, workdir, overwrite: bool = False)
     data = data or load_data(config)
     if config.batch_size > len(data.train):
       raise ConfigError(f"batch_size {config.batch_size} exceeds the {len(data.train)} training sequences")
-    if len(data.test) < NUM_PICTURES:
-      raise ConfigError(f"the test set has {len(data.test)} sequences; the pictures and lists need at least "
-                        f"{NUM_PICTURES}")
+    needed = NUM_PICTURES if data.vocabulary is not None else 4 * NUM_PICTURES  # 4 rows of reconstructions
+    if len(data.test) < needed:
+      raise ConfigError(f"the test set has {len(data.test)} sequences; the pictures and lists need at least {needed}")
     steps_per_epoch = len(data.train) // config.batch_size
     adam = optax.adam(config.learning_rate)
     optimizer = optax.chain(optax.clip_by_global_norm(config.clip_norm), adam) if config.clip_norm else adam

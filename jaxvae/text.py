@@ -31,6 +31,7 @@ SPECIALS = ("<pad>", "<s>", "</s>", "<unk>")  # ids PAD, BOS, EOS, UNK
 WORDNET_DIR = pathlib.Path("/usr/share/wordnet")
 WORDNET_FILES = ("data.noun", "data.verb", "data.adj", "data.adv")
 WORDNET_MAX_TOKENS = 25
+MAX_LENGTH = 4096  # the largest --max_length
 CORPORA = ("wordnet", "lines")
 
 _TOKEN = re.compile(r"[a-z0-9]+(?:['\-.][a-z0-9]+)*|'s|n't|[^\sa-z0-9]")
@@ -95,8 +96,9 @@ def check_lengths(sentences, max_length: int, where: str) -> None:
   for number, sentence in enumerate(sentences, 1):
     if len(sentence) > max_length:
       longest = max(len(s) for s in sentences)
+      remedy = f"pass --max_length={longest} or shorten" if longest <= MAX_LENGTH else f"shorten (at most {MAX_LENGTH:,})"
       raise DataError(f"{where}: sentence {number} has {len(sentence)} tokens, more than max_length={max_length} "
-                      f"(the longest has {longest}); pass --max_length={longest} or shorten the sentences")
+                      f"(the longest has {longest}); {remedy} the sentences")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,9 +143,18 @@ class Vocabulary:
   def ids(self) -> dict:
     return {w: i for i, w in enumerate(self.words)}
 
+  @property
+  def word_ids(self) -> dict:
+    """Word -> id for the words a sentence may hold: `<pad>`, `<s>` and `</s>` in a text are
+    unknown words like any other (only `<unk>` keeps its meaning)."""
+    ids = self.ids
+    for special in SPECIALS[:3]:
+      ids.pop(special, None)
+    return ids
+
   def encode(self, sentences, length: int) -> np.ndarray:
     """int32 [N, length]: each sentence's ids (unknown words UNK), EOS, then PAD."""
-    ids = self.ids
+    ids = self.word_ids
     out = np.full((len(sentences), length), PAD, np.int32)
     for row, sentence in zip(out, sentences):
       tokens = [ids.get(w, UNK) for w in sentence] + [EOS]
@@ -161,7 +172,7 @@ class Vocabulary:
     return " ".join(words)
 
   def unknown_rate(self, sentences) -> float:
-    """The share of the tokens of `sentences` that are UNK."""
-    ids = self.ids
+    """The share of the words of `sentences` (EOS not counted) that are UNK."""
+    ids = self.word_ids
     tokens = [w for s in sentences for w in s]
     return sum(w not in ids or w == "<unk>" for w in tokens) / max(len(tokens), 1)

@@ -122,6 +122,7 @@ def test_tokenizer_vocabulary_and_split():
   ids = vocab.encode([["a", "c", "<unk>"]], 5)
   np.testing.assert_array_equal(ids, [[4, UNK, UNK, EOS, PAD]])
   assert vocab.decode(ids[0]) == "a <unk> <unk>"
+  np.testing.assert_array_equal(vocab.encode([["a", "<pad>", "<s>", "</s>"]], 6), [[4, UNK, UNK, UNK, EOS, PAD]])
   with pytest.raises(jaxvae.ConfigError, match="larger than the training data's 4 distinct words"):
     text.Vocabulary.build(sentences, 9)
   many = [[str(i)] for i in range(100)]
@@ -189,3 +190,12 @@ def test_the_language_model_trains_and_reports_an_exact_nll(tiny_text, tmp_path)
   assert final["iwae_samples"] == 1 and final["test_kl"] == 0.0 and final["latent_dim"] == 0
   assert final["iwae_nll"] == pytest.approx(final["test_neg_elbo"], rel=1e-6)  # both the exact -log p(x)
   assert (tmp_path / "lm" / "samples.txt").is_file() and not (tmp_path / "lm" / "homotopies.txt").exists()
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("eval_iwae_samples", 0, "eval_iwae_samples must be positive"), ("word_dropout", 1.0, "below 1"),
+    ("vocab_size", 4, "must exceed the 4 special tokens"), ("max_length", 5000, "at most 4,096"),
+    ("free_bits", float("nan"), "finite number")])
+def test_bad_settings_are_refused_before_anything_runs(field, value, message):
+  with pytest.raises(jaxvae.ConfigError, match=message):
+    seqvae.SequenceConfig(**{field: value}).validate()

@@ -49,7 +49,7 @@ def wordnet_examples(directory=WORDNET_DIR) -> list[list[str]]:
   missing = [name for name in WORDNET_FILES if not (directory / name).is_file()]
   if missing:
     raise DataError(f"WordNet's data files are not in {directory} (missing {', '.join(missing)}); install them "
-                    "with `apt-get install wordnet-base`, or pass --text_dir")
+                    "with `apt-get install wordnet-base`, or pass their directory as --text_path")
   seen, sentences = set(), []
   for name in WORDNET_FILES:
     for line in (directory / name).read_text(encoding="latin-1").splitlines():

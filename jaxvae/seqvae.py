@@ -236,8 +236,9 @@ def _decode_many(model, params, z_NxL, length, keys_N=None):
 
 
 def _pairs_and_paths(model, params, x):
-  """Posterior means of the first test sequences and the lines between consecutive pairs of them."""
-  means = evaluate.latent_means(model, params, jnp.asarray(x[: 2 * NUM_PICTURES // 2]))
+  """Posterior means of the first `NUM_PICTURES` test sequences and the lines between pairs of them
+  (the first and second, the third and fourth, ...): [NUM_PICTURES / 2, NUM_PATH, L]."""
+  means = evaluate.latent_means(model, params, jnp.asarray(x[:NUM_PICTURES]))
   starts, ends = means[0::2], means[1::2]
   return jax.vmap(lambda a, b: sequence.homotopy(a, b, NUM_PATH))(starts, ends)  # [P, NUM_PATH, L]
 
@@ -266,8 +267,7 @@ def write_text_lists(model, params, key, test_x, vocabulary: text_lib.Vocabulary
   """samples.txt and homotopies.txt (see the module docstring)."""
   length = test_x.shape[1]
   words = lambda ids_NxT: [vocabulary.decode(ids) or "(empty)" for ids in np.asarray(ids_NxT)]
-  latent_dim = max(model.latent_dim, 0)
-  z = jax.random.normal(key, (NUM_PICTURES, latent_dim))
+  z = jax.random.normal(key, (NUM_PICTURES, model.latent_dim))
   lines = ["# Sampled decodings of z ~ N(0, I) (each word drawn from p(w | previous words, z))"]
   lines += words(_decode_many(model, params, z, length, jax.random.split(jax.random.fold_in(key, 1), len(z))))
   if model.latent_dim:
@@ -277,7 +277,7 @@ def write_text_lists(model, params, key, test_x, vocabulary: text_lib.Vocabulary
     lines += ["", "# Test sentences and the greedy decoding of their posterior mean"]
     lines += [f"{a}\n  -> {b}" for a, b in zip(words(originals), recons)]
     paths = _pairs_and_paths(model, params, test_x)
-    decoded = _decode_many(model, params, paths.reshape(-1, latent_dim), length)
+    decoded = _decode_many(model, params, paths.reshape(-1, model.latent_dim), length)
     decoded = np.asarray(decoded).reshape(*paths.shape[:2], -1)
     homotopies = [f"# Greedy decodings of {NUM_PATH} evenly spaced points on the line between the posterior "
                   "means of two test sentences (first and last lines: the sentences)"]

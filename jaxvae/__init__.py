@@ -26,6 +26,7 @@ from jaxvae.config import Config, build_model
 from jaxvae.data import BINARIZATIONS, Mnist, Split, load_mnist, test_targets, train_targets
 from jaxvae.errors import CheckpointError, ConfigError, DataError, Interrupted, NonFiniteError, WorkdirError
 from jaxvae.distributions import (
+    bernoulli_log_density,
     bernoulli_log_likelihood,
     gaussian_log_likelihood,
     kl_to_standard_normal,

@@ -205,7 +205,7 @@ PROPOSAL_WIDENING = 1.5  # proposal scales over the Laplace approximation's: hea
 def neg_log_joint(model: nn.Module, params, z_L, x_D, observed_D) -> jax.Array:
   """-log p(x_obs, z) = -log p(x_obs | z) - log p(z) for ONE image, nats; the hidden pixels are not read."""
   logits_D = model.apply(params, z_L, method=model.decode)
-  log_lik_obs = -jnp.sum(jnp.where(observed_D, optax.sigmoid_binary_cross_entropy(logits_D, x_D), 0.0), -1)
+  log_lik_obs = jnp.sum(jnp.where(observed_D, distributions.bernoulli_log_density(x_D, logits_D), 0.0), -1)
   return -(log_lik_obs + distributions.standard_normal_log_density(z_L))
 
 

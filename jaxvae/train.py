@@ -98,6 +98,11 @@ def init_state(params, optimizer: optax.GradientTransformation) -> TrainState:
 NONFINITE_POLICIES = ("stop", "skip")
 
 
+def all_finite(tree) -> jax.Array:
+  """Whether every element of every leaf of `tree` is finite, as a bool scalar."""
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
+
+
 def make_step(loss_fn: Callable[..., tuple[jax.Array, dict]], optimizer: optax.GradientTransformation,
               nonfinite_policy: str = "stop") -> Callable[..., tuple[TrainState, dict]]:
   """Returns `step(state, batch, batch_key, train_key, context=None) -> (state, metrics)` (not jitted).
@@ -122,7 +127,7 @@ def make_step(loss_fn: Callable[..., tuple[jax.Array, dict]], optimizer: optax.G
                                                                        state.step, context)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    finite = jnp.isfinite(loss) & jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+    finite = all_finite((loss, grads))
     if nonfinite_policy == "skip":
       params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
                                        (params, opt_state), (state.params, state.opt_state))

@@ -1,6 +1,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import jaxvae
@@ -53,6 +54,18 @@ def test_bernoulli_term_and_gradient_finite_at_extreme_logits(logit):
   assert np.all(np.isfinite(grad))
   # The wrong pixel costs |logit| nats, the right one nothing.
   np.testing.assert_allclose(value, -(1.5 * abs(logit)), rtol=1e-6)
+
+
+def test_bernoulli_single_softplus_form_equals_two_log_sigmoids():
+  # The one-exp form and optax's two-log-sigmoid cross-entropy, value and gradient, over every
+  # scale of logit (0 included, where max(l, 0) has a kink) and targets in [0, 1].
+  logits = jnp.concatenate([jnp.linspace(-40.0, 40.0, 801), jnp.array([0.0, 88.0, -88.0, 1e-7, -1e-7])])
+  for x in (0.0, 1.0, 0.3):
+    x_D = jnp.full_like(logits, x)
+    value, grad = jax.vmap(jax.value_and_grad(lambda l: jaxvae.bernoulli_log_density(x, l)))(logits)
+    reference = -optax.sigmoid_binary_cross_entropy(logits, x_D)
+    np.testing.assert_allclose(value, reference, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(grad, x - jax.nn.sigmoid(logits), rtol=1e-6, atol=2.5e-7)  # ulp(1)
 
 
 def test_bernoulli_matches_direct_formula_at_moderate_logits():

@@ -2,6 +2,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 import jaxvae
 from tests.conftest import make_digits
@@ -65,3 +66,35 @@ def test_dynamic_binarization_fresh_per_key_static_fixed():
   assert set(np.unique(jaxvae.train_targets(jax.random.key(0), static, "static"))) <= {0.0, 1.0}
   none = jaxvae.train_targets(jax.random.key(0), images, "none")
   np.testing.assert_allclose(none, 128 / 255)
+
+
+@pytest.mark.parametrize("kind", ["nan", "inf", "-inf", "inf and -inf"])
+@pytest.mark.parametrize("leaf", [0, 3])
+def test_guard_catches_a_nonfinite_gradient_in_any_leaf_with_a_finite_loss(kind, leaf):
+  """The loss stays 0 while one element's gradient is NaN (d sqrt(x^2) at 0) or +-Inf (d +-sqrt(x) at 0)."""
+  model = jaxvae.VAE(latent_dim=2, hidden_dim=8)
+  optimizer = optax.adam(1e-3)
+  state = jaxvae.create_train_state(model, optimizer, jax.random.key(0))
+  num_leaves = len(jax.tree.leaves(state.params))
+  state = state.replace(params=jax.tree.map(lambda p: p.at[(0,) * p.ndim].set(0.0), state.params))
+  terms = {"nan": [lambda x: jnp.sqrt(x**2)], "inf": [jnp.sqrt], "-inf": [lambda x: -jnp.sqrt(x)],
+           "inf and -inf": [jnp.sqrt, lambda x: -jnp.sqrt(x)]}[kind]
+
+  def loss_fn(params, batch, batch_key, step_key, step, context):
+    leaves = jax.tree.leaves(params)
+    loss = sum(f(leaves[(leaf + i) % num_leaves].ravel()[0]) for i, f in enumerate(terms))
+    return loss, {}
+
+  step = jaxvae.train.make_step(loss_fn, optimizer, nonfinite_policy="skip")
+  new, metrics = step(state, jnp.zeros((1,)), jax.random.key(1), jax.random.key(2))
+  assert float(metrics["loss"]) == 0.0 and not bool(metrics["finite"])
+  assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(state.params)))
+
+
+def test_all_finite_reads_every_leaf():
+  tree = {"a": jnp.ones((3, 4)), "b": jnp.zeros((5,)), "c": jnp.float32(2.0)}
+  assert bool(jaxvae.train.all_finite(tree))
+  for name, value in (("a", jnp.nan), ("b", jnp.inf), ("c", -jnp.inf)):
+    bad = dict(tree, **{name: tree[name].at[(0,) * tree[name].ndim].set(value) if tree[name].ndim else value})
+    assert not bool(jaxvae.train.all_finite(bad)), name
+  assert bool(jaxvae.train.all_finite({"a": jnp.full((2,), 3e38)}))  # large is not non-finite

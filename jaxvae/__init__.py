@@ -9,11 +9,13 @@ from jaxvae import cli
 from jaxvae import conditional
 from jaxvae import cvae
 from jaxvae import data
+from jaxvae import inference
 from jaxvae import latent
 from jaxvae import loop
 from jaxvae import models
 from jaxvae import pictures
 from jaxvae import records
+from jaxvae import report
 from jaxvae import run
 from jaxvae import semisupervised
 from jaxvae import seqvae

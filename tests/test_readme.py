@@ -20,6 +20,7 @@ def test_readme_snippet_runs():
     exec(compile(block, "README.md", "exec"), namespace)  # pylint: disable=exec-used
   assert namespace["iwae_B"].shape == (16,)
   assert float(namespace["iwae_B"].mean()) >= float(namespace["terms"].elbo.mean()) - 1.0
+  assert namespace["log_px_B"].shape == (16,) and bool(np.all(np.isfinite(namespace["log_px_B"])))
   assert namespace["images_TxD"].shape == (10, 784) and namespace["filled_BxD"].shape == (16, 784)
   observed, filled, x = namespace["observed_BxD"], namespace["filled_BxD"], namespace["x_BxD"]
   assert (filled[observed] == x[observed]).all()

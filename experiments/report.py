@@ -1,0 +1,39 @@
+r"""The inference report of a trained VAE: AIS against the IWAE bound, and BDMC's check of AIS.
+
+  python -m experiments.mnist --latent_dim=20                        # the default run, runs/mnist
+  python -m experiments.report --workdir=runs/mnist --outdir=runs/mnist_report
+
+writes results.md and results.json (also printed) into --outdir (new, empty or an earlier
+report's, which it replaces); see `jaxvae.report`.
+"""
+
+from absl import flags
+
+import jaxvae
+from jaxvae import report
+
+jaxvae.cli.define_flags(report.ReportConfig, {
+    "workdir": "Workdir of a trained one-stochastic-layer VAE (experiments.mnist).",
+    "num_images": "Test images (the first ones) for AIS and the IWAE bound.",
+    "num_simulated": "Images simulated from the model for BDMC.",
+    "ais_steps": "Annealing steps of AIS (a sigmoid schedule).",
+    "ais_chains": "AIS chains per image.",
+    "leapfrog": "Leapfrog steps per HMC transition.",
+    "iwae_samples": "Importance samples k of the IWAE bound.",
+    "batch_size": "Images per compiled AIS call.",
+    "seed": "Seed of every draw of the report.",
+    "data_source": "As in experiments.mnist.",
+    "data_path": "File for --data_source=npz.",
+}, choices={"data_source": jaxvae.data.SOURCES})
+_OUTDIR = flags.DEFINE_string("outdir", "runs/mnist_report", "Where results.md and results.json go.")
+
+
+def main(argv):
+  del argv
+  results = report.run_report(jaxvae.cli.config_from_flags(report.ReportConfig), _OUTDIR.value)
+  print(report.markdown(results))
+  print(f"results in {_OUTDIR.value}")
+
+
+if __name__ == "__main__":
+  jaxvae.cli.run(main)

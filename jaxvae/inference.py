@@ -1,0 +1,222 @@
+"""Inference beyond the encoder: annealed importance sampling and its bidirectional check.
+
+AIS (Neal 2001; for decoder-based models, Wu et al. 2017): for ONE example x,
+chains start at z ~ p(z) and move through the distributions
+f_t(z) = p(z) p(x | z)^beta_t, 0 = beta_0 < beta_1 < ... < beta_T = 1, by HMC
+transitions (BlackJAX's kernel) that each leave their f_t invariant. A chain's
+log-weight sum_t (beta_t - beta_{t-1}) log p(x | z_{t-1}) has E[w] = p(x), so
+E[log w] <= log p(x): logmeanexp over C chains is a stochastic lower bound that
+tightens with T and C (as the IWAE bound does with k).
+
+BDMC (Grosse et al. 2015, "Sandwiching the marginal likelihood using
+bidirectional Monte Carlo"): on data simulated from the model, (z, x) ~ p(z) p(x | z),
+z is an exact sample of p(z | x). AIS run in reverse from it (beta from 1 to 0)
+has E[w_rev] = 1 / p(x), so -logmeanexp(log w_rev) is a stochastic upper bound.
+The true log p(x) lies between the two; their gap bounds the forward estimate's
+error on such data and says whether the schedule is long enough.
+
+Shapes: D data, L latent, C chains, T annealing steps, N examples. Nats per example.
+Models: any one-stochastic-layer model with a standard normal prior whose
+log p(x | z) `objectives.log_likelihood` computes (`models.VAE`,
+`sequence.SequenceVAE`).
+"""
+
+import dataclasses
+import functools
+from typing import NamedTuple
+
+import blackjax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxvae import distributions
+from jaxvae import models
+from jaxvae import objectives
+
+
+@dataclasses.dataclass(frozen=True)
+class AISSettings:
+  """The schedule and the HMC transitions of one AIS run."""
+
+  num_steps: int = 1000  # annealing steps T (a sigmoid schedule of T + 1 temperatures)
+  num_chains: int = 16  # independent chains C per example
+  num_leapfrog: int = 10  # leapfrog steps per HMC transition
+  step_size: float = 0.05  # initial leapfrog step size, adapted per example
+  target_acceptance: float = 0.65  # the step size grows (x1.02) above it, shrinks (x0.98) below
+
+  def validate(self) -> "AISSettings":
+    for name in ("num_steps", "num_chains", "num_leapfrog"):
+      value = getattr(self, name)
+      if not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if not (np.isfinite(self.step_size) and self.step_size > 0):
+      raise ValueError(f"step_size must be a finite positive number, got {self.step_size}")
+    if not 0 < self.target_acceptance < 1:
+      raise ValueError(f"target_acceptance must lie in (0, 1), got {self.target_acceptance}")
+    return self
+
+
+def sigmoid_schedule(num_steps: int, radius: float = 4.0) -> jax.Array:
+  """[T + 1] inverse temperatures from 0 to 1, dense at both ends (Grosse et al. 2015): the
+  logistic function on [-radius, radius], rescaled to start at exactly 0 and end at exactly 1."""
+  if num_steps < 1:
+    raise ValueError(f"the schedule needs at least one step, got {num_steps}")
+  s = jax.nn.sigmoid(jnp.linspace(-radius, radius, num_steps + 1))
+  return ((s - s[0]) / (s[-1] - s[0])).at[0].set(0.0).at[-1].set(1.0)
+
+
+class AISResult(NamedTuple):
+  log_weights: jax.Array  # [C] (or [N, C]) per-chain log-weights, nats
+  acceptance: jax.Array  # scalar (or [N]): mean HMC acceptance rate over chains and steps
+  final_step_size: jax.Array  # scalar (or [N])
+
+
+def check_model(model: nn.Module) -> None:
+  if isinstance(model, models.TwoLayerVAE) or not hasattr(model, "latent_dim") or not model.latent_dim:
+    raise ValueError(f"AIS needs one stochastic layer with a N(0, I) prior; {type(model).__name__} has not")
+
+
+def anneal(log_likelihood, key: jax.Array, z_CxL: jax.Array, betas: jax.Array,
+           settings: AISSettings) -> AISResult:
+  """Runs C chains from z_CxL through f_beta(z) = N(z; 0, I) exp(beta log_likelihood(z)) for the
+  inverse temperatures `betas` [S + 1] in order, ONE example.
+
+  Before the move to betas[s], every chain adds log f_{betas[s]}(z) - log f_{betas[s-1]}(z) =
+  (betas[s] - betas[s-1]) log_likelihood(z) to its log-weight, then takes one HMC transition
+  that leaves f_{betas[s]} invariant (the last chain states are never weighed again).
+  Increasing betas from 0 with z ~ N(0, I) is forward AIS (E w = p(x)); decreasing betas from 1
+  with z ~ p(z | x) is the reverse chain of BDMC (E w = 1 / p(x)). The step size, shared by
+  the chains, adapts towards `settings.target_acceptance` between steps (Wu et al.'s scheme).
+  """
+  kernel = blackjax.mcmc.hmc.build_kernel()
+  num_chains, latent_dim = z_CxL.shape
+  value_and_grad = jax.vmap(jax.value_and_grad(log_likelihood))
+
+  def transition(carry, inputs):
+    z_CxL, log_w_C, step_size = carry
+    beta_prev, beta, step_key = inputs
+    log_lik_C, grad_CxL = value_and_grad(z_CxL)
+    log_w_C = log_w_C + (beta - beta_prev) * log_lik_C
+    # The state at the new temperature, from the values just computed (no second evaluation).
+    state = blackjax.mcmc.hmc.HMCState(
+        z_CxL, distributions.standard_normal_log_density(z_CxL) + beta * log_lik_C, beta * grad_CxL - z_CxL)
+    log_f = lambda z_L: distributions.standard_normal_log_density(z_L) + beta * log_likelihood(z_L)
+    new, info = jax.vmap(kernel, in_axes=(0, 0, None, None, None, None))(
+        jax.random.split(step_key, num_chains), state, log_f, step_size, jnp.ones(latent_dim), settings.num_leapfrog)
+    rate = jnp.mean(info.acceptance_rate)
+    step_size = jnp.where(rate > settings.target_acceptance, 1.02, 0.98) * step_size
+    return (new.position, log_w_C, step_size), rate
+
+  num_moves = betas.shape[0] - 1
+  init = (z_CxL, jnp.zeros(num_chains), jnp.float32(settings.step_size))
+  (_, log_w_C, step_size), rates = jax.lax.scan(
+      transition, init, (betas[:-1], betas[1:], jax.random.split(key, num_moves)))
+  return AISResult(log_w_C, jnp.mean(rates), step_size)
+
+
+def _log_likelihood_of(model: nn.Module, params, x_D: jax.Array):
+  return lambda z_L: objectives.log_likelihood(model, params, x_D, z_L)
+
+
+def ais(model: nn.Module, params, key: jax.Array, x_D: jax.Array, settings: AISSettings = AISSettings()) -> AISResult:
+  """Forward AIS from the prior for ONE example: `AISResult` with [C] log-weights whose
+  logmeanexp estimates log p(x) from below (see the module docstring)."""
+  check_model(model)
+  settings.validate()
+  init_key, chain_key = jax.random.split(key)
+  z_CxL = jax.random.normal(init_key, (settings.num_chains, model.latent_dim))
+  return anneal(_log_likelihood_of(model, params, x_D), chain_key, z_CxL, sigmoid_schedule(settings.num_steps),
+                settings)
+
+
+def reverse_ais(model: nn.Module, params, key: jax.Array, x_D: jax.Array, z_L: jax.Array,
+                settings: AISSettings = AISSettings()) -> AISResult:
+  """The reverse chain of BDMC for ONE example x_D with an exact posterior sample z_L (from
+  `simulate`): [C] log-weights whose -logmeanexp bounds log p(x) from above."""
+  check_model(model)
+  settings.validate()
+  z_CxL = jnp.broadcast_to(z_L, (settings.num_chains, z_L.shape[-1]))
+  return anneal(_log_likelihood_of(model, params, x_D), key, z_CxL, sigmoid_schedule(settings.num_steps)[::-1],
+                settings)
+
+
+def log_mean_exp(log_w: jax.Array, axis: int = -1) -> jax.Array:
+  """log (1/C) sum_c exp(log_w_c) over `axis`: the AIS estimate from C chains' log-weights."""
+  return jax.nn.logsumexp(log_w, axis=axis) - jnp.log(log_w.shape[axis])
+
+
+def log_mean_exp_stderr(log_w: jax.Array, axis: int = -1) -> jax.Array:
+  """The Monte-Carlo standard error of `log_mean_exp` over C chains, by the delta method:
+  std(w) / (sqrt(C) mean(w)), computed on w / max(w). Nats."""
+  w = jnp.exp(log_w - jnp.max(log_w, axis=axis, keepdims=True))
+  return jnp.std(w, axis=axis, ddof=1) / (jnp.sqrt(log_w.shape[axis]) * jnp.mean(w, axis=axis))
+
+
+def simulate(model: nn.Module, params, key: jax.Array, num_examples: int) -> tuple[jax.Array, jax.Array]:
+  """(x [N, D], z [N, L]) drawn from the model's joint p(z) p(x | z): z ~ N(0, I), binary pixels
+  x ~ Bernoulli(sigmoid(decode(z))). Each z is an exact sample of p(z | x) for its x."""
+  check_model(model)
+  z_key, x_key = jax.random.split(key)
+  z_NxL = jax.random.normal(z_key, (num_examples, model.latent_dim))
+  logits_NxD = model.apply(params, z_NxL, method=model.decode)
+  return jax.random.bernoulli(x_key, jax.nn.sigmoid(logits_NxD)).astype(jnp.float32), z_NxL
+
+
+@functools.partial(jax.jit, static_argnames=("model", "settings"))
+def batch_ais(model: nn.Module, params, keys_N: jax.Array, x_NxD: jax.Array, settings: AISSettings) -> AISResult:
+  """`ais` vmapped over N examples, each with its own key of `keys_N` [N]: [N, C] log-weights."""
+  return jax.vmap(lambda k, x: ais(model, params, k, x, settings))(keys_N, x_NxD)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "settings"))
+def batch_bdmc(model: nn.Module, params, keys_N: jax.Array, x_NxD: jax.Array, z_NxL: jax.Array,
+               settings: AISSettings) -> tuple[AISResult, AISResult]:
+  """Forward AIS and the reverse chain on simulated (x, z) pairs, a key per pair: (forward,
+  reverse) results, each with [N, C] log-weights; per example, log_mean_exp(forward) <= log p(x)
+  <= -log_mean_exp(reverse) in expectation."""
+
+  def one(key, x_D, z_L):
+    forward_key, reverse_key = jax.random.split(key)
+    return (ais(model, params, forward_key, x_D, settings),
+            reverse_ais(model, params, reverse_key, x_D, z_L, settings))
+
+  return jax.vmap(one)(keys_N, x_NxD, z_NxL)
+
+
+class KLDecomposition(NamedTuple):
+  """ELBO surgery of N examples' encodings, nats per example (see `kl_decomposition`)."""
+
+  average_kl: float  # E_x KL(q(z | x) || p(z)), the ELBO's KL term, analytic
+  mutual_information: float  # I_q(x; z) = average_kl - marginal_kl
+  marginal_kl: float  # KL(q(z) || p(z)), q(z) the aggregate posterior (1/N) sum_n q(z | x_n)
+  marginal_kl_stderr: float  # its Monte-Carlo error (over the N draws z_m)
+  kl_per_dimension: np.ndarray  # [L] E_x KL(q(z_l | x) || N(0, 1))
+
+
+def kl_decomposition(key: jax.Array, mean_NxL: jax.Array, logvar_NxL: jax.Array,
+                     block_size: int = 256) -> KLDecomposition:
+  """The KL term split as E_x KL(q(z|x) || p(z)) = I_q(x; z) + KL(q(z) || p(z)) (Hoffman &
+  Johnson 2016, "ELBO surgery"), with q(x) the empirical distribution of the N examples whose
+  posteriors N(mean_n, exp(logvar_n)) are given.
+
+  Estimator: one draw z_m ~ q(z | x_m) per example; log q(z_m) = logsumexp_n log q(z_m | x_n)
+  - log N, the exact aggregate posterior of the N examples (O(N^2 L), in blocks of
+  `block_size` draws); KL(q(z) || p(z)) = mean_m [log q(z_m) - log p(z_m)]. The average KL is
+  analytic, so the mutual information inherits the marginal KL's Monte-Carlo error. I_q <= log N.
+  """
+  num, latent_dim = mean_NxL.shape
+  z_NxL = distributions.reparameterize(key, mean_NxL, logvar_NxL)
+
+  @jax.jit
+  def log_aggregate(z_BxL):  # log q(z_b) under the mixture of all N posteriors, [B]
+    log_q_BxN = distributions.gaussian_log_likelihood(z_BxL[:, None], mean_NxL[None], logvar_NxL[None])
+    return jax.nn.logsumexp(log_q_BxN, axis=1) - jnp.log(num)
+
+  log_qz = np.concatenate([np.asarray(log_aggregate(z_NxL[i:i + block_size])) for i in range(0, num, block_size)])
+  terms = log_qz - np.asarray(distributions.standard_normal_log_density(z_NxL))
+  kl_dims = np.asarray(jnp.mean(distributions.kl_per_dimension(mean_NxL, logvar_NxL), axis=0), np.float64)
+  marginal = float(np.mean(terms, dtype=np.float64))
+  stderr = float(np.std(terms, ddof=1) / np.sqrt(num)) if num > 1 else float("nan")
+  return KLDecomposition(float(kl_dims.sum()), float(kl_dims.sum()) - marginal, marginal, stderr, kl_dims)

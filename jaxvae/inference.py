@@ -25,7 +25,6 @@ import dataclasses
 import functools
 from typing import NamedTuple
 
-import blackjax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -90,6 +89,10 @@ def anneal(log_likelihood, key: jax.Array, z_CxL: jax.Array, betas: jax.Array,
   with z ~ p(z | x) is the reverse chain of BDMC (E w = 1 / p(x)). The step size, shared by
   the chains, adapts towards `settings.target_acceptance` between steps (Wu et al.'s scheme).
   """
+  # Imported here: importing blackjax starts JAX's backends, which must wait for
+  # jax.distributed.initialize in a multi-process run of any entry point.
+  import blackjax  # pylint: disable=g-import-not-at-top
+
   kernel = blackjax.mcmc.hmc.build_kernel()
   num_chains, latent_dim = z_CxL.shape
   value_and_grad = jax.vmap(jax.value_and_grad(log_likelihood))

@@ -67,6 +67,14 @@ class StopSignals:
     if threading.current_thread() is threading.main_thread():
       for signum in (signal.SIGTERM, signal.SIGINT):
         self._previous[signum] = signal.signal(signum, self._handle)
+      outer = getattr(self._previous[signal.SIGINT], "__self__", None)
+      if isinstance(outer, StopSignals) and outer.signum:  # one the outer context could not raise
+        self.signum = outer.signum
+    try:
+      self.check()
+    except Interrupted:
+      self.__exit__()
+      raise
     return self
 
   def _handle(self, signum, frame):
@@ -75,9 +83,17 @@ class StopSignals:
     if self.raise_now:
       raise Interrupted(f"{signal.Signals(signum).name} received: {self.message}", signum)
 
+  def check(self):
+    """Raises `Interrupted` for a signal received while raising was due whose exception never
+    arrived: Python prints and drops an exception raised inside a garbage-collection callback
+    or a `__del__`, which a signal handler runs in whenever the signal lands there."""
+    if self.raise_now and self.signum:
+      raise Interrupted(f"{signal.Signals(self.signum).name} received: {self.message}", self.signum)
+
   def __exit__(self, *exc):
     for signum, handler in self._previous.items():
       signal.signal(signum, handler)
+    self._previous = {}
 
 
 @dataclasses.dataclass
@@ -151,6 +167,7 @@ def fit(
         say(replica, f"{replica.directory} is complete: {json.dumps(f)}")
       return finals
     # Only now, with the checkpoint (if any) known to fit, does anything in the workdir change.
+    signals.check()
     wd.open(overwrite)
     if writer:
       workdir_lib.write_json(wd.path / "config.json", wd.config)
@@ -174,6 +191,7 @@ def fit(
         if mngr.latest_step() != epoch:
           checkpoints.save(mngr, state, epoch, data_fingerprint=data_fingerprint)
 
+      signals.check()
       signals.raise_now = False  # from here on a signal stops the loop after its epoch
       for epoch in range(start_epoch + 1, num_epochs + 1):
         start = time.perf_counter()

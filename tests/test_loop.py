@@ -7,6 +7,7 @@ trusted only when they are good; models load without their optimizer.
 """
 
 import json
+import os
 import signal
 import struct
 
@@ -402,3 +403,23 @@ def test_studies_and_earlier_runs_of_other_families_are_never_overwritten(tiny_n
   run_cli(f"--workdir={old}", "--num_epochs=1", "--overwrite", NPZ, f"--data_path={tiny_npz}",
           module="experiments.classifier")
   assert not (old / "metrics.json").exists() and jaxvae.read_metrics(old / "metrics.jsonl")[-1]["final"]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped exception
+def test_a_signal_whose_exception_python_dropped_still_stops_the_next_phase():
+  """A handler's exception raised inside a __del__ (or a gc callback) is printed and dropped;
+  the signal is not: the next StopSignals context, and its checks, raise it."""
+
+  class SignalsWhileCollected:
+    def __del__(self):
+      os.kill(os.getpid(), signal.SIGINT)
+      for _ in range(1000):  # the handler runs at a bytecode boundary, here, and its exception is dropped
+        pass
+
+  with jaxvae.loop.StopSignals(raise_now=True, message="setup") as outer:
+    SignalsWhileCollected()  # collected at once
+    assert outer.signum == signal.SIGINT
+    with pytest.raises(jaxvae.Interrupted, match="SIGINT received: training"):
+      with jaxvae.loop.StopSignals(raise_now=True, message="training"):
+        pass
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # every handler restored

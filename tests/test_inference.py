@@ -18,8 +18,8 @@ def toy():
   model = jaxvae.VAE(latent_dim=2, hidden_dim=16, output_dim=64, activation="tanh")
   params = jax.tree.map(lambda p: 3.0 * p, model.init(jax.random.key(0), jnp.zeros((1, 64))))
   x_NxD, z_NxL = inference.simulate(model, params, jax.random.key(1), 3)
-  h = 16.0 / 1600
-  grid = jnp.stack(jnp.meshgrid(*[jnp.linspace(-8, 8, 1601)] * 2), -1).reshape(-1, 2)
+  h = 16.0 / 800
+  grid = jnp.stack(jnp.meshgrid(*[jnp.linspace(-8, 8, 801)] * 2), -1).reshape(-1, 2)
   logits_GxD = model.apply(params, grid, method=model.decode)
   log_joint_NxG = (jaxvae.bernoulli_log_likelihood(x_NxD[:, None], logits_GxD[None])
                    + jaxvae.standard_normal_log_density(grid)[None])

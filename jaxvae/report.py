@@ -106,7 +106,7 @@ def _report(config: ReportConfig, wd: workdir_lib.Workdir) -> dict:
   if config.num_images > len(mnist.test.labels):
     raise ConfigError(f"--num_images={config.num_images} exceeds the {len(mnist.test.labels)} test images")
   wd.open(overwrite=True)  # a report replaces its own earlier outputs
-  # The test set binarized as the run evaluated it (the fixed draw depends on the whole array).
+  # The test set binarized once, as the run evaluated it: all of it for the KL split, the first N for AIS.
   all_x = jnp.asarray(data_lib.test_targets(mnist.test.images, run_config.binarization))
   test_x = all_x[:config.num_images]
   iwae_key, ais_key, sim_key, bdmc_key, kl_key = jax.random.split(jax.random.key(config.seed), 5)

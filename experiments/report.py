@@ -1,9 +1,10 @@
-r"""The inference report of a trained VAE: AIS against the IWAE bound, and BDMC's check of AIS.
+r"""The inference report of a trained VAE: AIS against the IWAE bound, BDMC's check of AIS, the
+inference gaps and where the KL goes.
 
   python -m experiments.mnist --latent_dim=20                        # the default run, runs/mnist
   python -m experiments.report --workdir=runs/mnist --outdir=runs/mnist_report
 
-writes results.md and results.json (also printed) into --outdir (new, empty or an earlier
+writes results.md, results.json and results.png (results.md also printed) into --outdir (new, empty or an earlier
 report's, which it replaces); see `jaxvae.report`.
 """
 
@@ -13,19 +14,22 @@ import jaxvae
 from jaxvae import report
 
 jaxvae.cli.define_flags(report.ReportConfig, {
-    "workdir": "Workdir of a trained one-stochastic-layer VAE (experiments.mnist).",
+    "workdir": "Workdir of a trained VAE (experiments.mnist, one or two stochastic layers).",
     "num_images": "Test images (the first ones) for AIS and the IWAE bound.",
     "num_simulated": "Images simulated from the model for BDMC.",
     "ais_steps": "Annealing steps of AIS (a sigmoid schedule).",
     "ais_chains": "AIS chains per image.",
     "leapfrog": "Leapfrog steps per HMC transition.",
     "iwae_samples": "Importance samples k of the IWAE bound.",
+    "gap_steps": "Adam steps fitting each image's best Gaussian q* (the inference gaps).",
+    "elbo_samples": "Draws of z per image for the ELBOs of q* and of the encoder.",
+    "superres_images": "Test images to super-resolve from block counts at each factor (0: none).",
     "batch_size": "Images per compiled AIS call.",
     "seed": "Seed of every draw of the report.",
     "data_source": "As in experiments.mnist.",
     "data_path": "File for --data_source=npz.",
 }, choices={"data_source": jaxvae.data.SOURCES})
-_OUTDIR = flags.DEFINE_string("outdir", "runs/mnist_report", "Where results.md and results.json go.")
+_OUTDIR = flags.DEFINE_string("outdir", "runs/mnist_report", "Where results.md, results.json and results.png go.")
 
 
 def main(argv):

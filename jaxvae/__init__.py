@@ -18,6 +18,7 @@ from jaxvae import records
 from jaxvae import report
 from jaxvae import run
 from jaxvae import semisupervised
+from jaxvae import superres
 from jaxvae import seqvae
 from jaxvae import sequence
 from jaxvae import text
@@ -43,7 +44,8 @@ from jaxvae.conditional import (
     m2_loss,
     unlabelled_bound,
 )
-from jaxvae.evaluate import active_units, elbo_terms, h1_active_units, iwae_bounds, latent_means, posteriors
+from jaxvae.evaluate import (ElboEstimate, active_units, elbo_estimate, elbo_terms, h1_active_units, iwae_bounds,
+                             latent_means, posteriors)
 from jaxvae.models import ACTIVATIONS, ARCHITECTURES, WEIGHT_INITS, Decoder, Encoder, TwoLayerVAE, VAE, init_params
 from jaxvae.latent import (
     anomaly_scores,

@@ -1,11 +1,14 @@
 """Test-set ELBO and the importance-weighted NLL estimate, per example, in nats.
 
 Each example i gets the key `split(key, N)[i]`, so results do not depend on the
-evaluation batch size.
+evaluation batch size. `elbo_terms` draws one z per example (the per-epoch curve);
+`elbo_estimate` draws as many as its Monte-Carlo error target needs and states both
+of its errors (over images and over draws).
 """
 
 import functools
 import time
+from typing import NamedTuple
 
 from absl import logging
 import flax.linen as nn
@@ -31,6 +34,58 @@ def elbo_terms(model: nn.Module, params, key: jax.Array, x_NxD: jax.Array, batch
   keys_N = jax.random.split(key, x_NxD.shape[0])
   one = lambda args: objective(model, params, *args)
   return jax.lax.map(one, (keys_N, x_NxD), batch_size=batch_size)
+
+
+class ElboEstimate(NamedTuple):
+  """A data set's mean ELBO terms, each image's ELBO averaged over `num_samples` draws of z; nats
+  per example. Two errors: over images (the test set is a sample of the data distribution) and
+  over the draws of z (how far the number is from the checkpoint's exact mean ELBO on these images)."""
+
+  elbo: float
+  reconstruction: float
+  kl: float
+  stderr: float  # over images: std of the per-image means / sqrt(N)
+  mc_stderr: float  # over draws: sqrt(sum_n Var_z[ELBO_n] / S) / N
+  num_samples: int  # S draws per image
+
+
+@functools.partial(jax.jit, static_argnames=("model", "num_samples", "objective"))
+def _elbo_moments(model, params, key, x_NxD, num_samples, objective):
+  """Per image: the mean ELBO terms over `num_samples` draws (a key per image, split per draw) and
+  the draws' ELBO variance. ([N] Elbo of means, [N] variances)."""
+  def one(args):
+    key, x_D = args
+    terms = jax.vmap(lambda k: objective(model, params, k, x_D))(jax.random.split(key, num_samples))
+    return objectives.Elbo(*(jnp.mean(t) for t in terms[:3])), jnp.var(terms.elbo, ddof=1)
+  batch = max(1, min(x_NxD.shape[0], 2**14 // num_samples))  # images per step: at most ~16k draws at once
+  return jax.lax.map(one, (jax.random.split(key, x_NxD.shape[0]), x_NxD), batch_size=batch)
+
+
+def elbo_estimate(model: nn.Module, params, key: jax.Array, x_NxD: jax.Array, target_mc_stderr: float = 0.01,
+                  pilot_samples: int = 16, max_samples: int = 1024, objective=objectives.elbo) -> ElboEstimate:
+  """The data set's mean ELBO with its Monte-Carlo error below `target_mc_stderr` nats.
+
+  A pilot of `pilot_samples` draws per image measures the draws' variance; the estimate then takes
+  S = the fewest draws that bring the error of the mean under 0.8 x the target (at least the pilot's,
+  at most `max_samples`), drawn afresh, so the estimate is unbiased and its `mc_stderr` is stated
+  (above the target only if `max_samples` capped S). Deterministic given `key`.
+  """
+  if pilot_samples < 2 or max_samples < pilot_samples or not target_mc_stderr > 0:
+    raise ValueError(f"need 2 <= pilot_samples <= max_samples and a positive target, got {pilot_samples}, "
+                     f"{max_samples}, {target_mc_stderr}")
+  pilot_key, key = jax.random.split(key)
+  n = x_NxD.shape[0]
+  _, variance_N = _elbo_moments(model, params, pilot_key, x_NxD, pilot_samples, objective)
+  # Planned for 0.8 x the target: the pilot's variance is itself an estimate.
+  needed = float(np.sum(np.asarray(variance_N, np.float64))) / (0.8 * n * target_mc_stderr) ** 2
+  num_samples = int(min(max(pilot_samples, np.ceil(needed)), max_samples))
+  terms_N, variance_N = _elbo_moments(model, params, key, x_NxD, num_samples, objective)
+  elbo_N, reconstruction_N, kl_N = (np.asarray(t, np.float64) for t in terms_N[:3])
+  return ElboEstimate(
+      elbo=float(elbo_N.mean()), reconstruction=float(reconstruction_N.mean()), kl=float(kl_N.mean()),
+      stderr=float(elbo_N.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan"),
+      mc_stderr=float(np.sqrt(np.sum(np.asarray(variance_N, np.float64)) / num_samples) / n),
+      num_samples=num_samples)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "batch_size"))

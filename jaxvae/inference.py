@@ -15,20 +15,30 @@ has E[w_rev] = 1 / p(x), so -logmeanexp(log w_rev) is a stochastic upper bound.
 The true log p(x) lies between the two; their gap bounds the forward estimate's
 error on such data and says whether the schedule is long enough.
 
-Shapes: D data, L latent, C chains, T annealing steps, N examples. Nats per example.
-Models: any one-stochastic-layer model with a standard normal prior whose
-log p(x | z) `objectives.log_likelihood` computes (`models.VAE`,
-`sequence.SequenceVAE`).
+The inference gaps (Cremer, Li & Duvenaud 2018, "Inference Suboptimality in Variational
+Autoencoders"): `optimal_gaussian` fits q*(u | x), the diagonal Gaussian of highest ELBO for
+ONE example, by gradient ascent on its mean and log-variance. Then, with log p(x) by AIS,
+  approximation gap  log p(x) - ELBO(q*)          what a Gaussian cannot express,
+  amortization gap   ELBO(q*) - ELBO(q_encoder)    what the shared encoder gives away.
+
+Every tool sees a model through `joint_model`: one latent vector u with a prior p(u) and a
+likelihood p(x | u). For a one-stochastic-layer model u = z and p(u) = N(0, I) (`models.VAE`,
+`sequence.SequenceVAE`); for a `models.TwoLayerVAE` u = (h1, z), h1's H1 entries first, with
+p(u) = p(z) p(h1 | z) and p(x | u) = p(x | h1).
+
+Shapes: D data, U the joint latent, C chains, T annealing steps, N examples, S draws. Nats
+per example.
 """
 
 import dataclasses
 import functools
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from jaxvae import distributions
 from jaxvae import models
@@ -72,20 +82,65 @@ class AISResult(NamedTuple):
   final_step_size: jax.Array  # scalar (or [N])
 
 
+class JointModel(NamedTuple):
+  """A trained model's generative side over one latent vector u (see the module docstring)."""
+
+  dim: int  # U
+  log_prior: Callable[[jax.Array], jax.Array]  # u_U -> log p(u)
+  sample_prior: Callable[[jax.Array, int], jax.Array]  # (key, n) -> u [n, U], draws of p(u)
+  log_likelihood: Callable[[jax.Array, jax.Array], jax.Array]  # (x_D, u_U) -> log p(x | u)
+  logits: Callable[[jax.Array], jax.Array]  # u_U -> the Bernoulli logits of x's pixels
+  encoder_gaussian: Callable[[jax.Array], tuple[jax.Array, jax.Array]]  # x_D -> (mean_U, logvar_U) of the
+  #   encoder: q(z | x) itself, or for two layers q(h1 | x) beside q(z | h1 = E[h1 | x]) (q*'s start)
+
+
 def check_model(model: nn.Module) -> None:
-  if isinstance(model, models.TwoLayerVAE) or not hasattr(model, "latent_dim") or not model.latent_dim:
-    raise ValueError(f"AIS needs one stochastic layer with a N(0, I) prior; {type(model).__name__} has not")
+  if not getattr(model, "latent_dim", None):
+    raise ValueError(f"AIS needs a latent-variable model with a prior; {type(model).__name__} has none")
 
 
-def anneal(log_likelihood, key: jax.Array, z_CxL: jax.Array, betas: jax.Array,
+def joint_model(model: nn.Module, params) -> JointModel:
+  """The `JointModel` of a trained `models.VAE`, `sequence.SequenceVAE` or `models.TwoLayerVAE`."""
+  check_model(model)
+  apply = lambda method, *args: model.apply(params, *args, method=getattr(model, method))
+  if not isinstance(model, models.TwoLayerVAE):
+    return JointModel(
+        model.latent_dim, distributions.standard_normal_log_density,
+        lambda key, n: jax.random.normal(key, (n, model.latent_dim)),
+        lambda x_D, z_L: objectives.log_likelihood(model, params, x_D, z_L),
+        lambda z_L: apply("decode", z_L), lambda x_D: apply("encode", x_D))
+  num_h1 = model.h1_dim
+
+  def log_prior(u_U):
+    h1_H, z_L = u_U[:num_h1], u_U[num_h1:]
+    return (distributions.standard_normal_log_density(z_L)
+            + distributions.gaussian_log_likelihood(h1_H, *apply("decode_top", z_L)))
+
+  def sample_prior(key, n):
+    z_key, h1_key = jax.random.split(key)
+    z_NxL = jax.random.normal(z_key, (n, model.latent_dim))
+    return jnp.concatenate([distributions.reparameterize(h1_key, *apply("decode_top", z_NxL)), z_NxL], axis=-1)
+
+  def encoder_gaussian(x_D):
+    mean_H, logvar_H = apply("encode_h1", x_D)
+    mean_L, logvar_L = apply("encode_top", mean_H)
+    return jnp.concatenate([mean_H, mean_L]), jnp.concatenate([logvar_H, logvar_L])
+
+  logits = lambda u_U: apply("decode_h1", u_U[:num_h1])
+  return JointModel(num_h1 + model.latent_dim, log_prior, sample_prior,
+                    lambda x_D, u_U: distributions.bernoulli_log_likelihood(x_D, logits(u_U)), logits,
+                    encoder_gaussian)
+
+
+def anneal(log_prior, log_likelihood, key: jax.Array, z_CxL: jax.Array, betas: jax.Array,
            settings: AISSettings) -> AISResult:
-  """Runs C chains from z_CxL through f_beta(z) = N(z; 0, I) exp(beta log_likelihood(z)) for the
-  inverse temperatures `betas` [S + 1] in order, ONE example.
+  """Runs C chains from z_CxL through f_beta(z) = p(z) exp(beta log_likelihood(z)) (log p(z) =
+  `log_prior(z)`) for the inverse temperatures `betas` [S + 1] in order, ONE example.
 
   Before the move to betas[s], every chain adds log f_{betas[s]}(z) - log f_{betas[s-1]}(z) =
   (betas[s] - betas[s-1]) log_likelihood(z) to its log-weight, then takes one HMC transition
   that leaves f_{betas[s]} invariant (the last chain states are never weighed again).
-  Increasing betas from 0 with z ~ N(0, I) is forward AIS (E w = p(x)); decreasing betas from 1
+  Increasing betas from 0 with z ~ p(z) is forward AIS (E w = p(x)); decreasing betas from 1
   with z ~ p(z | x) is the reverse chain of BDMC (E w = 1 / p(x)). The step size, shared by
   the chains, adapts towards `settings.target_acceptance` between steps (Wu et al.'s scheme).
   """
@@ -95,17 +150,18 @@ def anneal(log_likelihood, key: jax.Array, z_CxL: jax.Array, betas: jax.Array,
 
   kernel = blackjax.mcmc.hmc.build_kernel()
   num_chains, latent_dim = z_CxL.shape
-  value_and_grad = jax.vmap(jax.value_and_grad(log_likelihood))
+  likelihood_value_and_grad = jax.vmap(jax.value_and_grad(log_likelihood))
+  prior_value_and_grad = jax.vmap(jax.value_and_grad(log_prior))
 
   def transition(carry, inputs):
     z_CxL, log_w_C, step_size = carry
     beta_prev, beta, step_key = inputs
-    log_lik_C, grad_CxL = value_and_grad(z_CxL)
+    log_lik_C, grad_lik_CxL = likelihood_value_and_grad(z_CxL)
+    log_prior_C, grad_prior_CxL = prior_value_and_grad(z_CxL)
     log_w_C = log_w_C + (beta - beta_prev) * log_lik_C
     # The state at the new temperature, from the values just computed (no second evaluation).
-    state = blackjax.mcmc.hmc.HMCState(
-        z_CxL, distributions.standard_normal_log_density(z_CxL) + beta * log_lik_C, beta * grad_CxL - z_CxL)
-    log_f = lambda z_L: distributions.standard_normal_log_density(z_L) + beta * log_likelihood(z_L)
+    state = blackjax.mcmc.hmc.HMCState(z_CxL, log_prior_C + beta * log_lik_C, grad_prior_CxL + beta * grad_lik_CxL)
+    log_f = lambda z: log_prior(z) + beta * log_likelihood(z)
     new, info = jax.vmap(kernel, in_axes=(0, 0, None, None, None, None))(
         jax.random.split(step_key, num_chains), state, log_f, step_size, jnp.ones(latent_dim), settings.num_leapfrog)
     rate = jnp.mean(info.acceptance_rate)
@@ -119,30 +175,26 @@ def anneal(log_likelihood, key: jax.Array, z_CxL: jax.Array, betas: jax.Array,
   return AISResult(log_w_C, jnp.mean(rates), step_size)
 
 
-def _log_likelihood_of(model: nn.Module, params, x_D: jax.Array):
-  return lambda z_L: objectives.log_likelihood(model, params, x_D, z_L)
-
-
 def ais(model: nn.Module, params, key: jax.Array, x_D: jax.Array, settings: AISSettings = AISSettings()) -> AISResult:
   """Forward AIS from the prior for ONE example: `AISResult` with [C] log-weights whose
   logmeanexp estimates log p(x) from below (see the module docstring)."""
-  check_model(model)
+  joint = joint_model(model, params)
   settings.validate()
   init_key, chain_key = jax.random.split(key)
-  z_CxL = jax.random.normal(init_key, (settings.num_chains, model.latent_dim))
-  return anneal(_log_likelihood_of(model, params, x_D), chain_key, z_CxL, sigmoid_schedule(settings.num_steps),
-                settings)
+  u_CxU = joint.sample_prior(init_key, settings.num_chains)
+  return anneal(joint.log_prior, functools.partial(joint.log_likelihood, x_D), chain_key, u_CxU,
+                sigmoid_schedule(settings.num_steps), settings)
 
 
-def reverse_ais(model: nn.Module, params, key: jax.Array, x_D: jax.Array, z_L: jax.Array,
+def reverse_ais(model: nn.Module, params, key: jax.Array, x_D: jax.Array, u_U: jax.Array,
                 settings: AISSettings = AISSettings()) -> AISResult:
-  """The reverse chain of BDMC for ONE example x_D with an exact posterior sample z_L (from
+  """The reverse chain of BDMC for ONE example x_D with an exact posterior sample u_U (from
   `simulate`): [C] log-weights whose -logmeanexp bounds log p(x) from above."""
-  check_model(model)
+  joint = joint_model(model, params)
   settings.validate()
-  z_CxL = jnp.broadcast_to(z_L, (settings.num_chains, z_L.shape[-1]))
-  return anneal(_log_likelihood_of(model, params, x_D), key, z_CxL, sigmoid_schedule(settings.num_steps)[::-1],
-                settings)
+  u_CxU = jnp.broadcast_to(u_U, (settings.num_chains, u_U.shape[-1]))
+  return anneal(joint.log_prior, functools.partial(joint.log_likelihood, x_D), key, u_CxU,
+                sigmoid_schedule(settings.num_steps)[::-1], settings)
 
 
 def log_mean_exp(log_w: jax.Array, axis: int = -1) -> jax.Array:
@@ -158,13 +210,13 @@ def log_mean_exp_stderr(log_w: jax.Array, axis: int = -1) -> jax.Array:
 
 
 def simulate(model: nn.Module, params, key: jax.Array, num_examples: int) -> tuple[jax.Array, jax.Array]:
-  """(x [N, D], z [N, L]) drawn from the model's joint p(z) p(x | z): z ~ N(0, I), binary pixels
-  x ~ Bernoulli(sigmoid(decode(z))). Each z is an exact sample of p(z | x) for its x."""
-  check_model(model)
-  z_key, x_key = jax.random.split(key)
-  z_NxL = jax.random.normal(z_key, (num_examples, model.latent_dim))
-  logits_NxD = model.apply(params, z_NxL, method=model.decode)
-  return jax.random.bernoulli(x_key, jax.nn.sigmoid(logits_NxD)).astype(jnp.float32), z_NxL
+  """(x [N, D], u [N, U]) drawn from the model's joint p(u) p(x | u): u ~ p(u), binary pixels
+  x ~ Bernoulli(sigmoid(logits(u))). Each u is an exact sample of p(u | x) for its x."""
+  joint = joint_model(model, params)
+  u_key, x_key = jax.random.split(key)
+  u_NxU = joint.sample_prior(u_key, num_examples)
+  logits_NxD = jax.vmap(joint.logits)(u_NxU)
+  return jax.random.bernoulli(x_key, jax.nn.sigmoid(logits_NxD)).astype(jnp.float32), u_NxU
 
 
 @functools.partial(jax.jit, static_argnames=("model", "settings"))
@@ -174,18 +226,94 @@ def batch_ais(model: nn.Module, params, keys_N: jax.Array, x_NxD: jax.Array, set
 
 
 @functools.partial(jax.jit, static_argnames=("model", "settings"))
-def batch_bdmc(model: nn.Module, params, keys_N: jax.Array, x_NxD: jax.Array, z_NxL: jax.Array,
+def batch_bdmc(model: nn.Module, params, keys_N: jax.Array, x_NxD: jax.Array, u_NxU: jax.Array,
                settings: AISSettings) -> tuple[AISResult, AISResult]:
   """Forward AIS and the reverse chain on simulated (x, z) pairs, a key per pair: (forward,
   reverse) results, each with [N, C] log-weights; per example, log_mean_exp(forward) <= log p(x)
   <= -log_mean_exp(reverse) in expectation."""
 
-  def one(key, x_D, z_L):
+  def one(key, x_D, u_U):
     forward_key, reverse_key = jax.random.split(key)
     return (ais(model, params, forward_key, x_D, settings),
-            reverse_ais(model, params, reverse_key, x_D, z_L, settings))
+            reverse_ais(model, params, reverse_key, x_D, u_U, settings))
 
-  return jax.vmap(one)(keys_N, x_NxD, z_NxL)
+  return jax.vmap(one)(keys_N, x_NxD, u_NxU)
+
+
+@dataclasses.dataclass(frozen=True)
+class GapSettings:
+  """How q* is fitted and how the ELBOs of the gaps are estimated."""
+
+  num_steps: int = 1000  # Adam steps on q*'s mean and log-variance
+  num_samples: int = 16  # draws of u per step (the reparameterized ELBO's gradient)
+  learning_rate: float = 0.05  # Adam's, decayed to 0 by a cosine over the steps
+  eval_samples: int = 1000  # draws per image for ELBO(q*) and ELBO(q_encoder)
+
+  def validate(self) -> "GapSettings":
+    for name in ("num_steps", "num_samples", "eval_samples"):
+      value = getattr(self, name)
+      if not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if not (np.isfinite(self.learning_rate) and self.learning_rate > 0):
+      raise ValueError(f"learning_rate must be a finite positive number, got {self.learning_rate}")
+    return self
+
+
+def gaussian_elbo_draws(joint: JointModel, key: jax.Array, x_D: jax.Array, mean_U: jax.Array, logvar_U: jax.Array,
+                        num_samples: int) -> jax.Array:
+  """[S] draws whose mean is the ELBO of q = N(mean_U, exp(logvar_U)) for ONE example:
+  log p(x | u) + log p(u) at u ~ q, plus q's entropy (analytic)."""
+  shape = (num_samples, joint.dim)
+  u_SxU = distributions.reparameterize(key, jnp.broadcast_to(mean_U, shape), jnp.broadcast_to(logvar_U, shape))
+  log_joint_S = jax.vmap(lambda u: joint.log_likelihood(x_D, u) + joint.log_prior(u))(u_SxU)
+  entropy = 0.5 * jnp.sum(logvar_U) + 0.5 * joint.dim * jnp.log(2 * jnp.pi * jnp.e)
+  return log_joint_S + entropy
+
+
+def optimal_gaussian(joint: JointModel, key: jax.Array, x_D: jax.Array,
+                     settings: GapSettings = GapSettings()) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
+  """q*(u | x) for ONE example: the diagonal Gaussian of highest ELBO, by Adam on its mean and
+  log-variance from the encoder's (`joint.encoder_gaussian`), `settings.num_samples` draws a step.
+  Returns ((mean_U, logvar_U), [num_steps] the ELBO estimate of each step)."""
+  optimizer = optax.adam(optax.cosine_decay_schedule(settings.learning_rate, settings.num_steps))
+  loss = lambda q, k: -jnp.mean(gaussian_elbo_draws(joint, k, x_D, *q, settings.num_samples))
+
+  def step(carry, step_key):
+    q, opt_state = carry
+    value, grads = jax.value_and_grad(loss)(q, step_key)
+    updates, opt_state = optimizer.update(grads, opt_state, q)
+    return (optax.apply_updates(q, updates), opt_state), -value
+
+  start = joint.encoder_gaussian(x_D)
+  (q, _), trace = jax.lax.scan(step, (start, optimizer.init(start)), jax.random.split(key, settings.num_steps))
+  return q, trace
+
+
+class GapTerms(NamedTuple):
+  """Per example [N], nats: the ELBOs whose differences with log p(x) are the inference gaps."""
+
+  elbo_encoder: jax.Array  # ELBO(q_encoder), the model's own ELBO (`objectives.elbo`) averaged over draws
+  elbo_optimal: jax.Array  # ELBO(q*), averaged over draws
+  mc_stderr_encoder: jax.Array  # the Monte-Carlo error of each of the two
+  mc_stderr_optimal: jax.Array
+
+
+@functools.partial(jax.jit, static_argnames=("model", "settings"))
+def batch_gap_terms(model: nn.Module, params, keys_N: jax.Array, x_NxD: jax.Array, settings: GapSettings) -> GapTerms:
+  """q* fitted (`optimal_gaussian`) and both ELBOs estimated for N examples, a key per example
+  (so the result does not depend on how examples are batched)."""
+  joint = joint_model(model, params)
+
+  def one(key, x_D):
+    fit_key, optimal_key, encoder_key = jax.random.split(key, 3)
+    q, _ = optimal_gaussian(joint, fit_key, x_D, settings)
+    optimal_S = gaussian_elbo_draws(joint, optimal_key, x_D, *q, settings.eval_samples)
+    encoder_S = jax.vmap(lambda k: objectives.elbo(model, params, k, x_D).elbo)(
+        jax.random.split(encoder_key, settings.eval_samples))
+    stderr = lambda v: jnp.std(v, ddof=1) / jnp.sqrt(v.shape[0])
+    return GapTerms(jnp.mean(encoder_S), jnp.mean(optimal_S), stderr(encoder_S), stderr(optimal_S))
+
+  return jax.vmap(one)(keys_N, x_NxD)
 
 
 class KLDecomposition(NamedTuple):

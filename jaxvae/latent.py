@@ -210,16 +210,24 @@ def neg_log_joint(model: nn.Module, params, z_L, x_D, observed_D) -> jax.Array:
 
 
 def predictive_fill(model: nn.Module, params, key: jax.Array, x_D, observed_D, z_L, num_samples: int) -> jax.Array:
-  """E_{p(z | x_obs)} sigmoid(decode(z)) [D] for ONE image, by self-normalized importance sampling.
+  """E_{p(z | x_obs)} sigmoid(decode(z)) [D] for ONE image, by self-normalized importance sampling
+  (`posterior_average`); `z_L` should be the posterior mode (from the "optimize" method)."""
+  return posterior_average(key, lambda z: neg_log_joint(model, params, z, x_D, observed_D), z_L,
+                           lambda z_KxL: decode_means(model, params, z_KxL), num_samples)
 
-  `z_L` should be the posterior mode (from the "optimize" method). The proposal
-  is an even mixture, half the samples from each part, of the Laplace
-  approximation N(z_L, 1.5^2 H^-1) (H: Hessian of -log p(x_obs, z) at z_L,
-  eigenvalues floored at 0.01) and the prior N(0, I). The prior part
-  ("defensive" importance sampling) bounds every weight by 2 p(x_obs | z), so a
-  posterior that the Gaussian fits badly costs variance, not bias.
+
+def posterior_average(key: jax.Array, neg_log_joint_fn, z_L: jax.Array, values_fn, num_samples: int) -> jax.Array:
+  """E_{p(z | evidence)} values(z) for ONE example, by self-normalized importance sampling, where
+  p(z | evidence) ∝ exp(-neg_log_joint_fn(z)) (a prior N(0, I) times the evidence's likelihood)
+  and `values_fn` maps draws [K, L] to [K, ...].
+
+  `z_L` should be the posterior mode. The proposal is an even mixture, half the samples from
+  each part, of the Laplace approximation N(z_L, 1.5^2 H^-1) (H: Hessian of neg_log_joint_fn at
+  z_L, eigenvalues floored at 0.01) and the prior N(0, I). The prior part ("defensive"
+  importance sampling) bounds every weight by 2 p(evidence | z), so a posterior that the
+  Gaussian fits badly costs variance, not bias.
   """
-  hessian_LxL = jax.hessian(neg_log_joint, argnums=2)(model, params, z_L, x_D, observed_D)
+  hessian_LxL = jax.hessian(neg_log_joint_fn)(z_L)
   eigvals_L, eigvecs_LxL = jnp.linalg.eigh(0.5 * (hessian_LxL + hessian_LxL.T))
   scales_L = PROPOSAL_WIDENING / jnp.sqrt(jnp.maximum(eigvals_L, 1e-2))  # along the eigenvectors
   local_key, prior_key = jax.random.split(key)
@@ -231,9 +239,8 @@ def predictive_fill(model: nn.Module, params, key: jax.Array, x_D, observed_D, z
   log_local_K = distributions.gaussian_log_likelihood((z_KxL - z_L) @ eigvecs_LxL, 0.0, 2.0 * jnp.log(scales_L))
   log_prior_K = distributions.standard_normal_log_density(z_KxL)
   log_proposal_K = jnp.logaddexp(log_local_K, log_prior_K) - jnp.log(2.0)
-  log_joint_K = -jax.vmap(neg_log_joint, (None, None, 0, None, None))(model, params, z_KxL, x_D, observed_D)
-  logits_KxD = model.apply(params, z_KxL, method=model.decode)
-  return jax.nn.softmax(log_joint_K - log_proposal_K) @ jax.nn.sigmoid(logits_KxD)
+  log_joint_K = -jax.vmap(neg_log_joint_fn)(z_KxL)
+  return jnp.tensordot(jax.nn.softmax(log_joint_K - log_proposal_K), values_fn(z_KxL), axes=1)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4, 5, 7, 9))

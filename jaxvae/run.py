@@ -3,8 +3,10 @@
 `train_and_evaluate(config, workdir)` writes into `workdir`:
   jaxvae.json          the marker: kind "vae" and the model spec (`load_model`)
   config.json          the `Config` of the run
-  metrics.jsonl        one JSON record per epoch, then one with `"final": true`;
-                       the same numbers as TensorBoard scalars (events.out.tfevents.*)
+  metrics.jsonl        one JSON record per epoch (its test -ELBO one draw of z per image, a fixed key),
+                       then one with `"final": true` (the test -ELBO `evaluate.elbo_estimate`'s, with
+                       its errors over images and over draws, the latter < 0.01 nats); the same
+                       numbers as TensorBoard scalars (events.out.tfevents.*)
   samples.png          8x8 Bernoulli means of decoded z ~ N(0, I) (fixed z)
   reconstructions.png  rows of 8 test images and, below each, their reconstructions
   latent.png           the test set's latent means coloured by digit (PCA when L > 2)
@@ -129,7 +131,10 @@ def train_and_evaluate(config: config_lib.Config, workdir, overwrite: bool = Fal
               **test_elbo(model, params, replica_keys[index].eval, test_x, config.objective)}
 
     def final(params, index):
-      fields = {**test_elbo(model, params, replica_keys[index].eval, test_x, config.objective),
+      estimate = evaluate.elbo_estimate(model, params, replica_keys[index].eval, test_x, objective=config.objective)
+      fields = {"test_neg_elbo": -estimate.elbo, "test_neg_elbo_stderr": estimate.stderr,
+                "test_neg_elbo_mc_stderr": estimate.mc_stderr, "test_elbo_samples": estimate.num_samples,
+                "test_kl": estimate.kl, "test_reconstruction": estimate.reconstruction,
                 "active_units": evaluate.active_units(model, params, test_x)}
       if config.stochastic_layers == 2:
         fields["h1_active_units"] = evaluate.h1_active_units(model, params, test_x)
@@ -155,7 +160,9 @@ def train_and_evaluate(config: config_lib.Config, workdir, overwrite: bool = Fal
               f"KL {r['test_kl']:6.2f}")
 
     def final_summary(f):
-      text = f"test {loss_name} {f['test_neg_elbo']:.2f} nats, {f['active_units']}/{config.latent_dim} active units"
+      text = (f"test {loss_name} {f['test_neg_elbo']:.2f} ± {f['test_neg_elbo_stderr']:.2f} nats (Monte-Carlo "
+              f"error {f['test_neg_elbo_mc_stderr']:.3f}, {f['test_elbo_samples']} draws per image), "
+              f"{f['active_units']}/{config.latent_dim} active units")
       if "h1_active_units" in f:
         text += f" (h1: {f['h1_active_units']}/{config.h1_dim})"
       if "iwae_nll" in f:
@@ -169,7 +176,7 @@ def train_and_evaluate(config: config_lib.Config, workdir, overwrite: bool = Fal
     finals = loop.fit(
         wd, state=state, train_epoch=train_epoch, num_epochs=config.num_epochs,
         record=record, final=final, artifacts=artifacts, summary=summary, final_summary=final_summary,
-        is_complete=lambda f: f.get("iwae_samples", 0) == config.iwae_samples,
+        is_complete=lambda f: f.get("iwae_samples", 0) == config.iwae_samples and "test_elbo_samples" in f,
         overwrite=overwrite, checkpoint_every=config.checkpoint_every,
         nonfinite_policy=config.nonfinite_policy, data_fingerprint=data_lib.fingerprint(train_split),
         replicas=replicas)

@@ -16,6 +16,7 @@ METHODS = {"vae_b128": ("compiled_epoch", "jitted_steps", "roofline", "matmuls_a
 ROW = re.compile(r"^(\w+)\s+([\d,]+)\s+([\d,]+)\s+([\d,]+)\s+(\S+)$", re.MULTILINE)
 
 
+@pytest.mark.slow  # half a minute: two regimes, PyTorch beside each
 def test_benchmark_measures_both_regimes_against_their_bounds(tiny_npz):
   proc = run_cli("--data_source=npz", f"--data_path={tiny_npz}", "--torch=false", *TINY,
                  module="experiments.benchmark")

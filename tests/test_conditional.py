@@ -157,6 +157,7 @@ def test_cvae_experiment_end_to_end(tiny_npz, tmp_path):
   assert json.loads((workdir / "results.json").read_text()) == results  # bad data: nothing removed
 
 
+@pytest.mark.slow  # a minute: the entry point end to end (the M2 loss and its learning run by default above)
 def test_semisupervised_experiment_m2_and_m1_m2(tiny_npz, tmp_path):
   data = (*NPZ, f"--data_path={tiny_npz}")
   small = ("--num_labels=20", "--num_epochs=2", "--eval_every=1", "--latent_dim=3", "--hidden_dim=16",

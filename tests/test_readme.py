@@ -24,6 +24,8 @@ def test_readme_snippet_runs():
   assert namespace["images_TxD"].shape == (10, 784) and namespace["filled_BxD"].shape == (16, 784)
   observed, filled, x = namespace["observed_BxD"], namespace["filled_BxD"], namespace["x_BxD"]
   assert (filled[observed] == x[observed]).all()
+  sharp = namespace["sharp_BxD"]  # each block's ink where the counts say
+  np.testing.assert_allclose(jaxvae.superres.block_counts(sharp, 4), namespace["counts_BxC"], atol=1e-3)
   assert set(namespace["scores"]) == {"reconstruction", "neg_elbo", "iwae_nll"}
   assert namespace["cond"].elbo.shape == (16,) and namespace["sevens_8xD"].shape == (8, 784)
   assert set(namespace["parts"]) == {"neg_unlabelled_bound", "neg_labelled_bound", "cross_entropy"}

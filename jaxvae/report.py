@@ -185,7 +185,8 @@ def _report(config: ReportConfig, wd: workdir_lib.Workdir) -> dict:
 
   if config.superres_images and run_config.stochastic_layers == 1:
     results["superres"] = _superres(model, params, sr_key, all_x[:config.superres_images],
-                                    jnp.asarray(mnist.train.images.mean(axis=0)), config.batch_size, wd.path)
+                                    jnp.mean(data_lib.to_unit_interval(jnp.asarray(mnist.train.images)), axis=0),
+                                    config.batch_size, wd.path)
   start = time.perf_counter()
   if run_config.stochastic_layers == 2:  # q(z | x) is a mixture over h1: no closed-form KL term to split
     results["kl"] = {"num_images": len(all_x), "active_units": evaluate.active_units(model, params, all_x),

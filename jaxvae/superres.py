@@ -133,7 +133,10 @@ def bilinear(counts_NxB: jax.Array, factor: int, image_shape=data_lib.IMAGE_SHAP
 
 
 def mean_image_given_counts(mean_D: jax.Array, counts_NxB: jax.Array, factor: int) -> jax.Array:
-  """Independent Bernoulli pixels at the mean training image, conditioned on each block's count."""
+  """Independent Bernoulli pixels at the mean training image (values in [0, 1]), conditioned on
+  each block's count."""
+  if not bool(jnp.all((mean_D >= 0) & (mean_D <= 1))):
+    raise ValueError("the mean image must hold pixel probabilities in [0, 1] (not uint8 intensities)")
   logits_D = jnp.log(jnp.clip(mean_D, 1e-6, 1 - 1e-6)) - jnp.log1p(-jnp.clip(mean_D, 1e-6, 1 - 1e-6))
   return jax.vmap(lambda c: conditional_probs(logits_D, c, factor))(counts_NxB)
 

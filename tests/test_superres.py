@@ -58,6 +58,8 @@ def test_blocks_round_trip_and_baselines_keep_the_counts():
     assert nats.shape == accuracy.shape == (3,) and np.all(nats > 0)
   with pytest.raises(ValueError, match="must be at least 2 and divide"):
     superres.to_blocks(x, 3)
+  with pytest.raises(ValueError, match="not uint8 intensities"):
+    superres.mean_image_given_counts(jnp.full(784, 33.0), counts, 4)
 
 
 def test_upscale_is_consistent_with_the_counts_and_independent_of_batching():

@@ -45,6 +45,17 @@ from jaxvae import models
 from jaxvae import objectives
 
 
+def _check_positive(settings, integers=(), numbers=()) -> None:
+  for name in integers:
+    value = getattr(settings, name)
+    if not isinstance(value, int) or value < 1:
+      raise ValueError(f"{name} must be a positive integer, got {value!r}")
+  for name in numbers:
+    value = getattr(settings, name)
+    if not (np.isfinite(value) and value > 0):
+      raise ValueError(f"{name} must be a finite positive number, got {value}")
+
+
 @dataclasses.dataclass(frozen=True)
 class AISSettings:
   """The schedule and the HMC transitions of one AIS run."""
@@ -56,12 +67,7 @@ class AISSettings:
   target_acceptance: float = 0.65  # the step size grows (x1.02) above it, shrinks (x0.98) below
 
   def validate(self) -> "AISSettings":
-    for name in ("num_steps", "num_chains", "num_leapfrog"):
-      value = getattr(self, name)
-      if not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if not (np.isfinite(self.step_size) and self.step_size > 0):
-      raise ValueError(f"step_size must be a finite positive number, got {self.step_size}")
+    _check_positive(self, integers=("num_steps", "num_chains", "num_leapfrog"), numbers=("step_size",))
     if not 0 < self.target_acceptance < 1:
       raise ValueError(f"target_acceptance must lie in (0, 1), got {self.target_acceptance}")
     return self
@@ -250,12 +256,7 @@ class GapSettings:
   eval_samples: int = 1000  # draws per image for ELBO(q*) and ELBO(q_encoder)
 
   def validate(self) -> "GapSettings":
-    for name in ("num_steps", "num_samples", "eval_samples"):
-      value = getattr(self, name)
-      if not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if not (np.isfinite(self.learning_rate) and self.learning_rate > 0):
-      raise ValueError(f"learning_rate must be a finite positive number, got {self.learning_rate}")
+    _check_positive(self, integers=("num_steps", "num_samples", "eval_samples"), numbers=("learning_rate",))
     return self
 
 

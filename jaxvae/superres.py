@@ -108,13 +108,14 @@ def conditional_probs(logits_D: jax.Array, counts_B: jax.Array, factor: int) -> 
   logits_BxF = to_blocks(logits_D, factor)[0]
   counts_B = jnp.asarray(counts_B, jnp.int32)
   size = logits_BxF.shape[1] + 1
-  before_FxBxK = _log_pmfs(logits_BxF)[:-1]  # pixels < i
+  prefix_KxBxK = _log_pmfs(logits_BxF)
+  before_FxBxK = prefix_KxBxK[:-1]  # pixels < i
   after_FxBxK = _log_pmfs(logits_BxF[:, ::-1])[::-1][1:]  # pixels > i
   # log P(rest = c_b - 1) = logsumexp_k before[k] + after[c_b - 1 - k].
   index_BxK = counts_B[:, None] - 1 - jnp.arange(size)[None]
   after_at = jax.vmap(lambda a_BxK: jax.vmap(_at, in_axes=(None, 1), out_axes=1)(a_BxK, index_BxK))(after_FxBxK)
   log_rest_FxB = jax.nn.logsumexp(before_FxBxK + after_at, axis=-1)
-  log_total_B = _at(_log_pmfs(logits_BxF)[-1], counts_B)
+  log_total_B = _at(prefix_KxBxK[-1], counts_B)
   log_probs_BxF = jax.nn.log_sigmoid(logits_BxF) + log_rest_FxB.T - log_total_B[:, None]
   return from_blocks(jnp.exp(jnp.minimum(log_probs_BxF, 0.0))[None], factor)[0]
 

@@ -99,8 +99,26 @@ NONFINITE_POLICIES = ("stop", "skip")
 
 
 def all_finite(tree) -> jax.Array:
-  """Whether every element of every leaf of `tree` is finite, as a bool scalar."""
-  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
+  """Whether every element of every leaf of `tree` is finite, as a bool scalar.
+
+  Each leaf, as a matrix, times a vector of zeros: 0 * x is 0 for every finite x,
+  however large, and NaN for NaN and +-Inf, so the products' sum is NaN exactly
+  when some element is not finite. The product is one matrix-vector call per
+  leaf, which reads the leaf at the speed of a dot; `isfinite` followed by `all`
+  took 13-15% of the Table-1 training step (README, "What the step costs"). The
+  zeros come from the leaf itself (`row * 0`), so no compiler can fold the
+  product away as a multiplication by a constant 0; HIGHEST precision keeps the
+  dot in the leaf's own dtype (a bfloat16 pass could round 3e38 up to Inf).
+  """
+  total = jnp.float32(0.0)
+  for leaf in jax.tree.leaves(tree):
+    leaf = jnp.asarray(leaf)
+    if not jnp.issubdtype(leaf.dtype, jnp.inexact) or not leaf.size:
+      continue  # integers (and empty leaves) have no non-finite element
+    matrix = leaf.reshape(-1, leaf.shape[-1]) if leaf.ndim else leaf.reshape(1, 1)
+    zeros = matrix[0] * 0
+    total = total + jnp.sum(jnp.dot(matrix, zeros, precision=jax.lax.Precision.HIGHEST)).astype(jnp.float32)
+  return jnp.isfinite(total)
 
 
 def make_step(loss_fn: Callable[..., tuple[jax.Array, dict]], optimizer: optax.GradientTransformation,

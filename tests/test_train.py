@@ -86,15 +86,20 @@ def test_guard_catches_a_nonfinite_gradient_in_any_leaf_with_a_finite_loss(kind,
     return loss, {}
 
   step = jaxvae.train.make_step(loss_fn, optimizer, nonfinite_policy="skip")
-  new, metrics = step(state, jnp.zeros((1,)), jax.random.key(1), jax.random.key(2))
-  assert float(metrics["loss"]) == 0.0 and not bool(metrics["finite"])
-  assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(state.params)))
+  for run in (step, jax.jit(step)):  # op by op, and compiled as training runs it (a compiler must not drop the check)
+    new, metrics = run(state, jnp.zeros((1,)), jax.random.key(1), jax.random.key(2))
+    assert float(metrics["loss"]) == 0.0 and not bool(metrics["finite"])
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(state.params)))
 
 
-def test_all_finite_reads_every_leaf():
-  tree = {"a": jnp.ones((3, 4)), "b": jnp.zeros((5,)), "c": jnp.float32(2.0)}
-  assert bool(jaxvae.train.all_finite(tree))
-  for name, value in (("a", jnp.nan), ("b", jnp.inf), ("c", -jnp.inf)):
-    bad = dict(tree, **{name: tree[name].at[(0,) * tree[name].ndim].set(value) if tree[name].ndim else value})
-    assert not bool(jaxvae.train.all_finite(bad)), name
-  assert bool(jaxvae.train.all_finite({"a": jnp.full((2,), 3e38)}))  # large is not non-finite
+@pytest.mark.parametrize("jit", [False, True])
+def test_all_finite_reads_every_leaf(jit):
+  all_finite = jax.jit(jaxvae.train.all_finite) if jit else jaxvae.train.all_finite
+  tree = {"a": jnp.ones((3, 4)), "b": jnp.zeros((5,)), "c": jnp.float32(2.0), "d": jnp.ones((2, 3, 4), jnp.bfloat16),
+          "e": jnp.arange(3), "f": jnp.zeros((0, 2))}
+  assert bool(all_finite(tree))
+  for name, index, value in (("a", (2, 1), jnp.nan), ("b", (4,), jnp.inf), ("c", (), -jnp.inf), ("d", (1, 2, 3), jnp.inf)):
+    bad = dict(tree, **{name: tree[name].at[index].set(value) if index else jnp.float32(value)})
+    assert not bool(all_finite(bad)), name
+  # large is not non-finite (0 * 3e38 is 0; a sum of the leaf itself would overflow)
+  assert bool(all_finite({"a": jnp.full((2, 1000), 3e38), "b": jnp.full((7,), 6e4, jnp.float16)}))

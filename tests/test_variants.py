@@ -226,6 +226,7 @@ def test_config_refuses_bad_model_shapes(fields, message):
     jaxvae.Config(**fields).validate()
 
 
+@pytest.mark.slow  # 80 s; the two-layer and conv models' units are tested above, the CLI's loop in test_cli
 def test_two_layer_and_conv_runs_train_record_and_reload(tiny_npz, tmp_path):
   workdir = tmp_path / "two"
   proc = run_cli("--data_source=npz", f"--data_path={tiny_npz}", f"--workdir={workdir}", "--stochastic_layers=2",

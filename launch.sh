@@ -13,7 +13,9 @@ Runs `python -m experiments.mnist` once per point of the grid (the cartesian pro
 every --grid), each in runs/SWEEP/<flag=value,...>/ with its log in runs/SWEEP/logs/.
 A run that finished with the same command is skipped; a failed or interrupted one is
 run again and resumes from its newest checkpoint. Summarize with
-`python -m experiments.summarize runs/SWEEP`.
+`python -m experiments.summarize runs/SWEEP`. The sweep's directory is marked as
+jaxvae's (jaxvae.json, kind "sweep"); a non-empty directory without that marker is
+refused, and nothing in it is changed.
 
 Options:
   --name=SWEEP        sweep name: runs go to RUNS_DIR/SWEEP (required)
@@ -39,6 +41,82 @@ EOF
 die() {
   echo "launch.sh: error: $*" >&2
   exit 2
+}
+
+# --- the sweep's directory: jaxvae's only if it holds jaxvae's marker of kind "sweep" ---------
+# marker_kind DIR...: for each DIR, the kind its jaxvae.json names (a regular file of at most 1 MB);
+# fails, printing the first DIR without a readable marker, when there is one.
+marker_kind() {
+  "$PYTHON" -c '
+import json, os, stat, sys
+for directory in sys.argv[1:]:
+  path = os.path.join(directory, "jaxvae.json")
+  try:
+    info = os.stat(path)
+    if not stat.S_ISREG(info.st_mode) or info.st_size > 1 << 20:
+      raise ValueError
+    with open(path, "rb") as f:
+      kind = json.loads(f.read().decode("utf-8")).get("kind")
+    if not isinstance(kind, str):
+      raise ValueError
+  except Exception:
+    print(directory)
+    sys.exit(1)
+  print(kind)' "$@" 2>/dev/null
+}
+
+is_empty() {  # is_empty DIR: nothing in DIR but a lock file
+  local entry
+  for entry in "$1"/* "$1"/.*; do
+    case "${entry##*/}" in
+      . | .. | .lock) ;;
+      *) if [[ -e "$entry" || -L "$entry" ]]; then return 1; fi ;;
+    esac
+  done
+  return 0
+}
+
+check_sweep_dir() {  # check_sweep_dir DIR: refuses a path jaxvae may not write a sweep into
+  local dir="$1" kind
+  if [[ -e "$dir" || -L "$dir" ]] && [[ ! -d "$dir" ]]; then
+    die "$dir exists and is not a directory"
+  fi
+  if [[ ! -d "$dir" ]] || is_empty "$dir"; then
+    return 0
+  fi
+  if [[ ! -e "$dir/jaxvae.json" && ! -L "$dir/jaxvae.json" ]]; then
+    die "$dir is not empty and has no jaxvae.json: not a sweep directory launch.sh made; use another --name or" \
+      "--runs-dir (nothing in it was changed)"
+  fi
+  kind="$(marker_kind "$dir")" || die "$dir/jaxvae.json is not a readable jaxvae marker; nothing was changed"
+  [[ "$kind" == sweep ]] || die "$dir holds a jaxvae $kind, not a sweep; use another --name or --runs-dir" \
+    "(nothing in it was changed)"
+}
+
+check_runs_dir() {  # check_runs_dir DIR: a parent of sweeps holds nothing but jaxvae's marked directories
+  local dir="$1" entries=() entry bad
+  [[ -d "$dir" ]] || return 0
+  for entry in "$dir"/* "$dir"/.*; do
+    case "${entry##*/}" in
+      . | .. | .lock) ;;
+      *) if [[ -L "$entry" || ! -d "$entry" ]] || ! is_empty "$entry"; then
+        [[ ! -e "$entry" && ! -L "$entry" ]] || entries+=("$entry")
+      fi ;;
+    esac
+  done
+  ((${#entries[@]})) || return 0
+  if ! bad="$(marker_kind "${entries[@]}")"; then
+    die "--runs-dir=$dir holds ${bad##*$'\n'}, which is not a jaxvae run or sweep: not a runs directory of" \
+      "jaxvae's; use another --runs-dir (nothing in it was changed)"
+  fi
+}
+
+mark_sweep_dir() {  # mark_sweep_dir DIR: creates DIR and its marker (atomically) unless it has one
+  mkdir -p "$1"
+  if [[ ! -e "$1/jaxvae.json" ]]; then
+    printf '{\n  "format": 2,\n  "kind": "sweep"\n}\n' >"$1/jaxvae.json.tmp"
+    mv -f "$1/jaxvae.json.tmp" "$1/jaxvae.json"
+  fi
 }
 
 # --- worker mode: one run; used by the pool below and by the SLURM script --------------------
@@ -171,6 +249,11 @@ if ((ensemble)); then
 fi
 
 sweep="$runs_dir/$name"
+if [[ -e "$runs_dir" || -L "$runs_dir" ]] && [[ ! -d "$runs_dir" ]]; then
+  die "--runs-dir=$runs_dir exists and is not a directory"
+fi
+check_runs_dir "$runs_dir"
+check_sweep_dir "$sweep"
 dirs=()     # per run: its directory name under the sweep
 workers=()  # per run: the worker command line, shell-quoted
 todo=()
@@ -219,6 +302,7 @@ EOF
   if ((dry_run)); then
     echo "$body"
   else
+    mark_sweep_dir "$sweep"
     mkdir -p "$sweep/logs"
     echo "$body" >"$script"
     chmod +x "$script"
@@ -237,6 +321,7 @@ fi
 
 # --- the pool -------------------------------------------------------------------------------
 echo "sweep $sweep: ${#todo[@]} to run, $skipped finished, $jobs at once"
+mark_sweep_dir "$sweep"
 mkdir -p "$sweep/logs"
 pids=()
 stop() {  # stop EXIT_CODE: on SIGTERM/SIGINT every run checkpoints and stops

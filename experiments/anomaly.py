@@ -9,8 +9,9 @@ scored (`jaxvae.anomaly_scores`: -ELBO, IWAE NLL and reconstruction error for a
 VAE; reconstruction error for an AE, which has no density), and the AUROC of each
 score at telling the held-out digit from the nine seen ones is computed
 (`jaxvae.auroc`). Writes anomaly.json, anomaly.md (also printed) and anomaly.png
-into the sweep directory (replacing those of an earlier analysis). With several seeds per
-setting, AUROCs are averaged.
+into the sweep's directory (one launch.sh made, marked as a sweep), or into --outdir (new,
+empty or an earlier analysis's); they replace those of an earlier analysis only once all
+three are written. With several seeds per setting, AUROCs are averaged.
 """
 
 import json
@@ -28,6 +29,9 @@ _IWAE_SAMPLES = flags.DEFINE_integer("iwae_samples", 100, "Importance samples of
                                      lower_bound=1)
 _DATA_SOURCE = flags.DEFINE_enum("data_source", "auto", jaxvae.data.SOURCES, "As in experiments.mnist.")
 _DATA_PATH = flags.DEFINE_string("data_path", None, "File for --data_source=npz.")
+
+KIND = "anomaly analysis"
+OUTPUTS = ("anomaly.md", "anomaly.json", "anomaly.png")
 
 SCORES = (  # (column, model, score key)
     ("VAE −ELBO", "vae", "neg_elbo"),
@@ -66,6 +70,17 @@ def main(argv):
   root = pathlib.Path(argv[1])
   if not root.is_dir():
     raise jaxvae.ConfigError(f"{root} is not a directory")
+  outdir = summarize.OUTDIR.value  # --outdir, as experiments.summarize's
+  if outdir is None:
+    summarize.check_sweep(root, "--outdir=DIR for the analysis (a new or empty directory)")
+  with jaxvae.workdir.Workdir(outdir or root, KIND, OUTPUTS, flag="--outdir" if outdir else "SWEEP_DIR",
+                              accept=("sweep",)) as wd:
+    wd.check()
+    analyse(root, wd)
+
+
+def analyse(root: pathlib.Path, wd) -> None:
+  """Scores every complete leave-one-out run under `root`; the three files go into `wd`."""
   runs = [r for r in summarize.find_runs(root) if r.final is not None and r.config.exclude_digit is not None]
   if not runs:
     raise jaxvae.ConfigError(f"{root} holds no complete run with --exclude_digit")
@@ -77,14 +92,17 @@ def main(argv):
   table = score_runs(runs, test_x, mnist.test.labels, _IWAE_SAMPLES.value)
   digits = sorted({r.config.exclude_digit for r in runs})
   text = markdown(table, digits)
-  (root / "anomaly.md").write_text(text)
-  (root / "anomaly.json").write_text(json.dumps(
+  wd.open()
+  staged = jaxvae.workdir.Staged(wd, {})
+  staged.path("anomaly.md").write_text(text)
+  staged.path("anomaly.json").write_text(json.dumps(
       {"iwae_samples": _IWAE_SAMPLES.value,
        "auroc": {c: {str(d): v for d, v in sorted(per_digit.items())} for c, per_digit in table.items()}},
       indent=2) + "\n")
-  plot(root / "anomaly.png", table, digits)
+  plot(staged.path("anomaly.png"), table, digits)
+  staged.commit(OUTPUTS, OUTPUTS)
   print(text)
-  print(f"anomaly.md, anomaly.json and anomaly.png in {root}")
+  print(f"anomaly.md, anomaly.json and anomaly.png in {wd.path}")
 
 
 def plot(path, table, digits) -> None:

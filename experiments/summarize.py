@@ -2,14 +2,17 @@ r"""Summarizes a sweep: one table row per configuration, mean ± std over its se
 
   python -m experiments.summarize runs/latent
 
-Reads the config.json and metrics.jsonl of every run under the directory (the
-`seed=<s>/` replicas of an ensemble included) and writes there:
+Reads the config.json and metrics.jsonl of every run under the directory (each a
+directory marked as a jaxvae VAE run or ensemble replica; the `seed=<s>/` replicas of an
+ensemble included) and writes into the sweep's directory (one launch.sh made, marked
+as a sweep), or into --outdir (new, empty or an earlier summary's):
   results.csv  one row per run: the settings that vary, seed, status and final metrics;
   results.md   a markdown table per configuration (settings that vary across the
                sweep as columns), also printed;
   results.png  test NLL (IWAE, else -ELBO) and KL against --x, with ±1 std error bars.
 Runs without a final record are listed as incomplete (with the epoch they reached),
-never silently dropped.
+never silently dropped. The three files replace an earlier summary's only once all
+three are written.
 """
 
 import csv
@@ -18,6 +21,7 @@ import math
 import pathlib
 
 from absl import flags
+from absl import logging
 import numpy as np
 
 import jaxvae
@@ -25,6 +29,11 @@ from jaxvae import config as config_lib
 from jaxvae import plots
 
 _X = flags.DEFINE_string("x", None, "Setting on the plot's x axis (default: the first numeric one that varies).")
+OUTDIR = flags.DEFINE_string("outdir", None, "Where the results go (default: the sweep's directory, which must be "
+                             "one launch.sh made); also experiments.anomaly's.")
+
+KIND = "sweep summary"
+OUTPUTS = ("results.csv", "results.md", "results.png")
 
 METRICS = (  # (column, key in the final record, format)
     ("test −ELBO", "test_neg_elbo", ".2f"),
@@ -46,10 +55,14 @@ class Run:
 
 
 def _is_vae_run(directory: pathlib.Path) -> bool:
-  marker = jaxvae.workdir.read_marker(directory)
-  if marker is not None:
-    return marker["kind"] in ("vae", "replica")
-  return jaxvae.run.is_legacy_run(directory) or config_lib.replica_of(directory) is not None
+  """Whether `directory` is marked as a VAE run or a replica of one; a damaged marker is reported
+  and the directory left out."""
+  try:
+    marker = jaxvae.workdir.read_marker(directory)
+  except jaxvae.WorkdirError as e:
+    logging.warning("%s; left out", e)
+    return False
+  return marker is not None and marker["kind"] in ("vae", "replica")
 
 
 def find_runs(root: pathlib.Path) -> list[Run]:
@@ -116,14 +129,14 @@ def markdown(rows: list[dict], fields: list[str]) -> str:
   return "\n".join(lines) + "\n"
 
 
-def write_csv(path: pathlib.Path, runs: list[Run], fields: list[str]) -> None:
-  """One row per run, its directory relative to the sweep."""
+def write_csv(path: pathlib.Path, runs: list[Run], fields: list[str], root: pathlib.Path) -> None:
+  """One row per run, its directory relative to the sweep `root`."""
   with open(path, "w", newline="") as f:
     writer = csv.writer(f)
     writer.writerow(["directory", *fields, "seed", "status", "last_epoch", *(name for _, name, _ in METRICS)])
     for run in runs:
       final = run.final or {}
-      writer.writerow([run.directory.relative_to(path.parent), *(getattr(run.config, name) for name in fields), run.config.seed,
+      writer.writerow([run.directory.relative_to(root), *(getattr(run.config, name) for name in fields), run.config.seed,
                        "complete" if run.final else "incomplete", run.last_epoch,
                        *(final.get(name, "") for _, name, _ in METRICS)])
 
@@ -161,19 +174,42 @@ def plot(path: pathlib.Path, rows: list[dict], x: str) -> None:
   plt.close(fig)
 
 
-def summarize(root, x: str | None = None) -> str:
-  """Writes results.csv, results.md and (when a setting varies) results.png into `root`; returns the report."""
+def check_sweep(root: pathlib.Path, remedy: str) -> None:
+  """Refuses to write into `root` unless launch.sh marked it as a sweep (`remedy`: what to pass instead)."""
+  marker = jaxvae.workdir.read_marker(root)
+  if marker is None or marker["kind"] != "sweep":
+    what = "has no jaxvae.json" if marker is None else f"is marked as a jaxvae {marker['kind']}"
+    raise jaxvae.WorkdirError(f"{root} is not a sweep directory of launch.sh ({what}); nothing was written there. "
+                              f"Its runs can still be read: pass {remedy}")
+
+
+def summarize(root, x: str | None = None, outdir=None) -> str:
+  """Writes results.csv, results.md and (when a setting varies) results.png into `outdir` (default
+  `root`, which must then be a sweep's directory); returns the report."""
   root = pathlib.Path(root)
   if not root.is_dir():
     raise ValueError(f"{root} is not a directory")
-  runs = find_runs(root)
-  if not runs:
-    raise ValueError(f"{root} holds no jaxvae runs (no config.json below it)")
-  fields = varying_fields(runs)
-  if x is not None and x not in fields:  # before anything is written
-    raise ValueError(f"--x={x} is not a setting that varies in this sweep; these do: {', '.join(fields) or 'none'}")
+  flag = "--outdir" if outdir is not None else "SWEEP_DIR"
+  if outdir is None:
+    check_sweep(root, "--outdir=DIR for the results (a new or empty directory)")
+  with jaxvae.workdir.Workdir(root if outdir is None else outdir, KIND, OUTPUTS, flag=flag, accept=("sweep",)) as wd:
+    wd.check()  # before anything is read
+    runs = find_runs(root)
+    if not runs:
+      raise ValueError(f"{root} holds no jaxvae runs (no config.json below it)")
+    fields = varying_fields(runs)
+    if x is not None and x not in fields:  # before anything is written
+      raise ValueError(f"--x={x} is not a setting that varies in this sweep; these do: {', '.join(fields) or 'none'}")
+    wd.open()
+    staged = jaxvae.workdir.Staged(wd, {})
+    report = _write(staged, root, runs, fields, x)
+    staged.commit([name for name in OUTPUTS if staged.path(name).exists()], OUTPUTS)
+  return report
+
+
+def _write(staged, root: pathlib.Path, runs: list[Run], fields: list[str], x: str | None) -> str:
   rows = aggregate(runs, fields)
-  write_csv(root / "results.csv", runs, fields)
+  write_csv(staged.path("results.csv"), runs, fields, root)
   table = markdown(rows, fields)
   incomplete = [r for r in runs if r.final is None]
   report = table
@@ -182,22 +218,23 @@ def summarize(root, x: str | None = None) -> str:
   if incomplete:
     report += f"\n{len(incomplete)} incomplete run(s), not in the table:\n" + "".join(
         f"  {r.directory}  (epoch {r.last_epoch}/{r.config.num_epochs})\n" for r in incomplete)
-  (root / "results.md").write_text(report)
+  staged.path("results.md").write_text(report)
   numeric = [f for f in fields if all(isinstance(row["settings"][f], (int, float)) for row in rows)]
   x = x or (numeric[0] if numeric else None)
-  (root / "results.png").unlink(missing_ok=True)  # never leave the plot of an earlier state
-  if x is not None and rows:
-    plot(root / "results.png", rows, x)
+  if x is not None and rows:  # else no plot: the commit removes the one of an earlier state
+    plot(staged.path("results.png"), rows, x)
   return report
 
 
 def main(argv):
   try:
-    report = summarize(argv[1], _X.value)
+    report = summarize(argv[1], _X.value, OUTDIR.value)
+  except jaxvae.errors.Error:
+    raise
   except ValueError as e:
     raise jaxvae.ConfigError(str(e)) from None
   print(report, end="")
-  root = pathlib.Path(argv[1])
+  root = pathlib.Path(OUTDIR.value or argv[1])
   written = [str(root / name) for name in ("results.csv", "results.md", "results.png") if (root / name).exists()]
   print(f"wrote {', '.join(written)}")
 

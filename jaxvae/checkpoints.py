@@ -17,6 +17,8 @@ optimizer state and step) still restore and load.
 """
 
 import dataclasses
+import hashlib
+import os
 import pathlib
 from typing import Any
 
@@ -29,7 +31,7 @@ import orbax.checkpoint as ocp
 
 from jaxvae import train
 from jaxvae import workdir as workdir_lib
-from jaxvae.errors import CheckpointError, WorkdirError
+from jaxvae.errors import CheckpointError
 
 ITEMS = ("params", "train", "meta", "state")  # "state": the format before params had an item of their own
 
@@ -196,7 +198,7 @@ def module_from_spec(spec: dict, where: str = "model spec"):
   try:
     cls, init = _families()[spec["class"]]
     return cls(**spec["fields"]), init
-  except (KeyError, TypeError) as e:
+  except (KeyError, TypeError, ValueError) as e:
     raise CheckpointError(f"{where}: not a model spec jaxvae knows ({type(e).__name__}: {e})") from None
 
 
@@ -251,13 +253,25 @@ def restore_params(workdir, abstract, epoch: int | None = None):
   raise CheckpointError(f"{workdir}: no usable checkpoint (every one is damaged or non-finite)")
 
 
+def fingerprint(params) -> str:
+  """The identity of a trained model: a hash of its parameters' names, shapes, dtypes and values.
+  A study or run that depends on a model records it, and refuses to go on when it changed."""
+  digest = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    array = np.asarray(jax.device_get(leaf))
+    digest.update(f"{jax.tree_util.keystr(path)}:{array.shape}:{array.dtype.str};".encode())
+    digest.update(np.ascontiguousarray(array).tobytes())
+  return digest.hexdigest()[:16]
+
+
 def load_model(workdir, epoch: int | None = None):
   """Loads a trained model of any family (VAE, AE, two-layer, CVAE, M2, classifier, sequence VAE) from its workdir.
 
   Only the params are read (never the optimizer state), from the newest good
-  checkpoint. `workdir` may also be the `seed=<s>/` directory of one replica of
-  an ensemble; the ensemble's own workdir gives params with a leading replica
-  axis (replica r: `jax.tree.map(lambda a: a[r], params)`).
+  checkpoint. `workdir` must hold jaxvae's marker (jaxvae.json) with a model spec;
+  it may also be the `seed=<s>/` directory of one replica of an ensemble; the
+  ensemble's own workdir gives params with a leading replica axis (replica r:
+  `jax.tree.map(lambda a: a[r], params)`). Nothing on disk changes.
 
   Returns:
     (model, params, config): for a VAE run, `model.apply(params, x, method=model.encode)`
@@ -268,54 +282,31 @@ def load_model(workdir, epoch: int | None = None):
   from jaxvae import config as config_lib  # pylint: disable=g-import-not-at-top
 
   workdir = pathlib.Path(workdir)
+  if not workdir.is_dir():
+    raise CheckpointError(f"{workdir}: no such directory")
   marker = workdir_lib.read_marker(workdir)
   if marker is None:
-    return _load_legacy(workdir, epoch)
+    raise CheckpointError(f"{workdir}: not a jaxvae workdir (no {workdir_lib.MARKER})")
   if marker["kind"] == "replica":
-    index = marker.get("index")
-    if not isinstance(index, int):
-      raise CheckpointError(f"{workdir / workdir_lib.MARKER}: a replica marker without its index")
-    model, params, _ = load_model(workdir.absolute().parent, epoch)
+    index, parent = marker["index"], workdir.absolute().parent
+    parent_marker = workdir_lib.read_marker(parent)
+    if parent_marker is None or "model" not in parent_marker:
+      raise CheckpointError(f"{workdir / workdir_lib.MARKER}: a replica whose ensemble ({parent}) holds no model")
+    num_replicas = parent_marker.get("num_replicas", 1)
+    if index >= num_replicas:
+      raise CheckpointError(f"{workdir / workdir_lib.MARKER}: replica index {index} is out of range (the ensemble "
+                            f"in {parent} has {num_replicas} replicas)")
+    model, params, _ = load_model(parent, epoch)
     config = config_lib.Config.from_json_file(workdir / "config.json")
     return model, jax.tree.map(lambda a: a[index], params), config
   if "model" not in marker:
-    raise CheckpointError(f"{workdir} holds a {marker['kind']} (no trained model)")
+    raise CheckpointError(f"{workdir} holds a jaxvae {marker['kind']} (no trained model)")
   model, init = module_from_spec(marker["model"], str(workdir / workdir_lib.MARKER))
-  num_replicas = int(marker.get("num_replicas", 1))
+  num_replicas = marker.get("num_replicas", 1)
   params = restore_params(workdir, abstract_params(model, init, num_replicas), epoch)
-  try:
-    settings = workdir_lib.read_json_object(workdir / "config.json", "config")
-  except WorkdirError:
-    settings = None
+  settings = None
+  if os.path.lexists(workdir / "config.json"):
+    settings = workdir_lib.read_json_object(workdir / "config.json", "config", error=CheckpointError)
   if marker["kind"] == "vae" and settings is not None:
     return model, params, config_lib.Config.from_dict(settings, workdir / "config.json")
   return model, params, settings
-
-
-def _load_legacy(workdir: pathlib.Path, epoch: int | None):
-  """Workdirs written before the marker: VAE runs (config.json), CVAE and M2 (model.json) and the
-  classifier (metrics.json)."""
-  from jaxvae import config as config_lib  # pylint: disable=g-import-not-at-top
-
-  if (workdir / "config.json").is_file():
-    config = config_lib.Config.from_json_file(workdir / "config.json")
-    replica = config_lib.replica_of(workdir)
-    if replica is not None:
-      model, params, _ = load_model(workdir.absolute().parent, epoch)
-      return model, jax.tree.map(lambda a: a[replica[1]], params), config
-    model = config_lib.build_model(config)
-    from jaxvae import models  # pylint: disable=g-import-not-at-top
-
-    return model, restore_params(workdir, abstract_params(model, models.init_params, config.num_replicas), epoch), config
-  if (workdir / "model.json").is_file():
-    spec = workdir_lib.read_json_object(workdir / "model.json", "model spec")
-    cls = spec.pop("class", None)
-    model, init = module_from_spec({"class": cls, "fields": spec}, str(workdir / "model.json"))
-    return model, restore_params(workdir, abstract_params(model, init), epoch), None
-  if (workdir / "metrics.json").is_file():
-    from jaxvae import classifier  # pylint: disable=g-import-not-at-top
-
-    model = classifier.Classifier()
-    settings = workdir_lib.read_json_object(workdir / "metrics.json", "classifier record")
-    return model, restore_params(workdir, abstract_params(model, classifier.init_params), epoch), settings
-  raise CheckpointError(f"{workdir}: not a jaxvae workdir (no {workdir_lib.MARKER})")

@@ -69,7 +69,6 @@ class ClassifierConfig:
 
 
 KIND = "classifier"
-LEGACY_RECORD = "metrics.json"  # what a classifier directory held before the marker
 RESUMABLE = ("num_epochs", "checkpoint_every", "data_source", "data_path")
 
 
@@ -78,8 +77,7 @@ def train_and_evaluate(config: ClassifierConfig, workdir, overwrite: bool = Fals
   record holds its test accuracy. `mnist`: the data, if already loaded (else from `config`)."""
   config.validate()
   model = Classifier()
-  with workdir_lib.Workdir(workdir, KIND, (*workdir_lib.RUN_OUTPUTS, LEGACY_RECORD),
-                           legacy=lambda path: (path / LEGACY_RECORD).is_file(), legacy_resumes=False,
+  with workdir_lib.Workdir(workdir, KIND, workdir_lib.RUN_OUTPUTS,
                            config=dataclasses.asdict(config), resumable=RESUMABLE,
                            marker_fields={"model": checkpoints.model_spec(model)}) as wd:
     wd.check(overwrite)
@@ -131,18 +129,16 @@ def recognisability(probs_NxC) -> dict[str, float]:
 
 
 def load_classifier(workdir, with_settings: bool = False):
-  """(model, params) of a classifier trained by `train_and_evaluate` (or saved by an earlier
-  jaxvae); with `with_settings`, also its final record. `errors.CheckpointError` if there is none."""
+  """(model, params) of a classifier trained by `train_and_evaluate`; with `with_settings`, also
+  its final record. `errors.CheckpointError` if there is none."""
   workdir = pathlib.Path(workdir)
-  marker = workdir_lib.read_marker(workdir)
-  holds_classifier = marker["kind"] == KIND if marker is not None else (workdir / LEGACY_RECORD).is_file()
-  if not holds_classifier:
+  marker = workdir_lib.read_marker(workdir) if workdir.is_dir() else None
+  if marker is None or marker["kind"] != KIND:
     raise errors.CheckpointError(f"{workdir}: no trained classifier; train one with "
                                  f"`python -m experiments.classifier --workdir={workdir}`")
-  model, params, settings = checkpoints.load_model(workdir)
-  if marker is not None:
-    finals = [r for r in records.read_metrics(workdir / records.METRICS) if r.get("final")]
-    if not finals:
-      raise errors.CheckpointError(f"{workdir}: the classifier's training has not finished; run its command again")
-    settings = finals[-1]
+  model, params, _ = checkpoints.load_model(workdir)
+  finals = [r for r in records.read_metrics(workdir / records.METRICS) if r.get("final")]
+  if not finals:
+    raise errors.CheckpointError(f"{workdir}: the classifier's training has not finished; run its command again")
+  settings = finals[-1]
   return (model, params, settings) if with_settings else (model, params)

@@ -6,12 +6,16 @@
 Flag errors (absl's own, a stray argument) and every `errors.Error` become one
 line `error: ...` on stderr and exit code 1 (2 for flags); SIGTERM and Ctrl-C
 outside the training loop's safe points stop at once with exit code 128 +
-signal and a line saying what to run (`loop.fit` checkpoints first).
+signal and a line saying what to run (`loop.fit` checkpoints first; reports
+and studies keep their finished sections); SIGHUP (a closed terminal) is
+handled like SIGTERM. A further signal while the process shuts down is
+ignored, so the exit code stays the one of the first.
 """
 
 import dataclasses
 import logging as std_logging
 import pathlib
+import signal
 import sys
 import types
 from typing import Callable, Sequence
@@ -102,9 +106,11 @@ def run(main: Callable[[list[str]], None], positional: str | None = None) -> Non
     if positional is not None and len(argv) != 2:
       print(f"error: expected one argument, {positional}; got {len(argv) - 1}", file=sys.stderr)
       sys.exit(2)
+    for signum in loop.SIGNALS:  # what the handlers below restore: signals while shutting down are ignored
+      signal.signal(signum, signal.SIG_IGN)
     try:
-      with loop.StopSignals(raise_now=True, message="stopped; nothing of a finished step was lost: run the "
-                            "same command again"):
+      with loop.StopSignals(raise_now=True, message="stopped; every finished step is kept: run the same command "
+                            "again to go on"):
         main(argv)
     except (Error, OSError) as e:
       print(f"error: {e}", file=sys.stderr)

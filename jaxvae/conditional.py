@@ -258,7 +258,6 @@ def sample(model: ConditionalVAE, params, key: jax.Array, labels_N: jax.Array) -
   return decoder_mean(model, model.apply(params, z_NxL, one_hot(labels_N, model.num_classes), method=model.decode))
 
 
-MODEL_FILE = "model.json"  # the model spec of CVAE and M2 directories written before the marker
 
 
 def load_model(workdir) -> tuple[ConditionalVAE, dict]:

@@ -3,14 +3,13 @@
 import dataclasses
 import json
 import math
-import pathlib
+import types
 
 from jaxvae import data as data_lib
 from jaxvae import models
 from jaxvae import objectives
 from jaxvae import train
-
-
+from jaxvae import workdir as workdir_lib
 from jaxvae.errors import ConfigError
 
 # Upper bounds of the integer settings: larger values are typos that would only fail later
@@ -20,6 +19,10 @@ LIMITS = {"latent_dim": MAX_WIDTH, "hidden_dim": MAX_WIDTH, "h1_dim": MAX_WIDTH,
           "num_layers": 64, "num_epochs": 10**7, "batch_size": 1 << 24, "num_replicas": 4096,
           "train_samples": 1 << 16, "eval_iwae_samples": 10**7, "iwae_chunk_size": 1 << 20,
           "eval_batch_size": 1 << 20, "checkpoint_every": 10**7, "kl_warmup_epochs": 10**7, "seed": 2**31 - 1}
+# Optimizer settings outside these bounds make training a no-op: an update below float32's resolution
+# of the parameters (a learning rate under 1e-9), or Adam's step divided by an epsilon above 1.
+MIN_LEARNING_RATE = 1e-9
+MAX_ADAM_EPS = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,9 +85,7 @@ class Config:
         raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
     if self.num_layers < 0:
       raise ConfigError(f"num_layers must be >= 0, got {self.num_layers}")
-    for name in ("learning_rate", "adam_eps"):
-      if not getattr(self, name) > 0:
-        raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+    check_optimizer(self.learning_rate, self.adam_eps)
     for name in ("beta", "free_bits", "kl_warmup_epochs"):
       if not getattr(self, name) >= 0:
         raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -100,6 +101,9 @@ class Config:
                         "has none (use train_objective elbo)")
     if self.seed < 0:
       raise ConfigError(f"seed must be >= 0, got {self.seed}")
+    if self.seed + self.num_replicas - 1 > LIMITS["seed"]:
+      raise ConfigError(f"seed {self.seed} with num_replicas {self.num_replicas} gives replicas seeds up to "
+                        f"{self.seed + self.num_replicas - 1:,}, past the largest seed {LIMITS['seed']:,}")
     if self.data_source == "npz" and not self.data_path:
       raise ConfigError("data_source npz needs data_path, the .npz file to read")
     if self.eval_iwae_samples < 0:
@@ -124,22 +128,17 @@ class Config:
 
   @classmethod
   def from_dict(cls, values, where="config") -> "Config":
-    """The `Config` of a config.json's object; unknown keys are an error (a foreign or newer file)."""
-    fields = {f.name for f in dataclasses.fields(cls)}
+    """The `Config` of a config.json's object; unknown keys or values of the wrong type are an error
+    (a foreign, damaged or newer file)."""
     if not isinstance(values, dict):
       raise ConfigError(f"{where}: not a jaxvae config (not a JSON object)")
-    if set(values) - fields:
-      raise ConfigError(f"{where}: not a jaxvae config (unknown keys {sorted(set(values) - fields)})")
+    check_types(cls, values, where)
     return cls(**values)
 
   @classmethod
   def from_json_file(cls, path) -> "Config":
     """Reads a config.json (see `from_dict`)."""
-    try:
-      values = json.loads(pathlib.Path(path).read_bytes().decode("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-      raise ConfigError(f"{path}: unreadable config ({type(e).__name__}: {str(e)[:120]})") from None
-    return cls.from_dict(values, path)
+    return cls.from_dict(workdir_lib.read_json(path, "config", error=ConfigError), path)
 
   @property
   def iwae_samples(self) -> int:
@@ -179,23 +178,6 @@ class Config:
     return dataclasses.replace(self, seed=self.seeds[index], num_replicas=1)
 
 
-def replica_of(workdir) -> tuple[Config, int] | None:
-  """(ensemble config, replica index) when `workdir` is the `seed=<s>/` directory of one
-  replica of an ensemble (see `run.train_and_evaluate`); None otherwise."""
-  workdir = pathlib.Path(workdir).absolute()
-  if not (workdir / "config.json").is_file() or not (workdir.parent / "config.json").is_file():
-    return None
-  try:
-    config = Config.from_json_file(workdir / "config.json")
-    parent = Config.from_json_file(workdir.parent / "config.json")
-  except ConfigError:
-    return None
-  if parent.num_replicas == 1 or config.seed not in parent.seeds or workdir.name != f"seed={config.seed}":
-    return None
-  index = parent.seeds.index(config.seed)
-  return (parent, index) if parent.replica(index) == config else None
-
-
 # Fields that may change when a run is resumed: evaluation and bookkeeping, and where the
 # data is read from (checkpoints carry a fingerprint of the training set, so a resume on
 # other data is refused all the same).
@@ -233,3 +215,47 @@ def check_settings(settings, positive=(), nonnegative=(), finite_positive=(), li
     value = getattr(settings, name)
     if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
       raise ConfigError(f"{name} must be a finite positive number, got {value!r}")
+  if "learning_rate" in finite_positive:
+    check_optimizer(settings.learning_rate)
+
+
+def check_optimizer(learning_rate, adam_eps=None) -> None:
+  """Refuses optimizer settings that are not numbers, or that would make training a no-op (see
+  `MIN_LEARNING_RATE`, `MAX_ADAM_EPS`), with `ConfigError`."""
+  settings = {"learning_rate": learning_rate, **({"adam_eps": adam_eps} if adam_eps is not None else {})}
+  for name, value in settings.items():
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+      raise ConfigError(f"{name} must be a finite positive number, got {value!r}")
+  if learning_rate < MIN_LEARNING_RATE:
+    raise ConfigError(f"learning_rate {learning_rate:g} is below {MIN_LEARNING_RATE:g}: its updates would not "
+                      "change float32 parameters, so training would do nothing")
+  if adam_eps is not None and adam_eps > MAX_ADAM_EPS:
+    raise ConfigError(f"adam_eps {adam_eps:g} is above {MAX_ADAM_EPS:g}: it would divide Adam's steps down to "
+                      "nothing (it only guards the division; 1e-8 to 1e-4 are usual)")
+
+
+def _type_ok(value, kind) -> bool:
+  if isinstance(kind, types.UnionType):
+    return any(_type_ok(value, k) for k in kind.__args__)
+  if kind is type(None):
+    return value is None
+  if kind is float:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+  if kind is int:
+    return isinstance(value, int) and not isinstance(value, bool)
+  if getattr(kind, "__origin__", None) is tuple:  # tuple[int, ...], stored as a JSON list
+    return isinstance(value, (list, tuple)) and all(_type_ok(v, kind.__args__[0]) for v in value)
+  return isinstance(value, kind)
+
+
+def check_types(cls, values: dict, where) -> None:
+  """Refuses (`ConfigError`, naming the first) keys that are not fields of the settings dataclass
+  `cls` and values whose JSON type does not fit their field."""
+  fields = {f.name: f.type for f in dataclasses.fields(cls)}
+  unknown = sorted(set(values) - set(fields))
+  if unknown:
+    raise ConfigError(f"{where}: not a jaxvae config (unknown keys {unknown})")
+  for name, value in values.items():
+    if not _type_ok(value, fields[name]):
+      kind = fields[name]
+      raise ConfigError(f"{where}: {name} must be {getattr(kind, '__name__', kind)}, got {str(value)[:60]}")

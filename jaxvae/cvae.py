@@ -31,7 +31,7 @@ from jaxvae import workdir as workdir_lib
 from jaxvae.errors import ConfigError
 
 KIND = "cvae"
-OUTPUTS = ("results.json", "class_grid.png", "reconstructions.png", conditional.MODEL_FILE)
+OUTPUTS = ("results.json", "class_grid.png", "reconstructions.png")
 GRID_COLUMNS = 12
 
 
@@ -94,14 +94,6 @@ def judge_samples(model, params, key, judge, num_samples: int) -> dict:
           "num_samples": int(len(requested))}
 
 
-def _is_legacy_cvae(path) -> bool:
-  """A CVAE workdir written before the marker (its model.json names the class)."""
-  try:
-    return workdir_lib.read_json_object(path / conditional.MODEL_FILE).get("class") == "ConditionalVAE"
-  except workdir_lib.WorkdirError:
-    return False
-
-
 def build_model(config: CVAEConfig) -> conditional.ConditionalVAE:
   return conditional.ConditionalVAE(latent_dim=config.latent_dim, hidden_dim=config.hidden_dim,
                                     num_layers=config.num_layers, activation=config.activation)
@@ -111,8 +103,8 @@ def train_and_evaluate(config: CVAEConfig, workdir, overwrite: bool = False) -> 
   """Trains and evaluates a CVAE in `workdir` (see the module docstring); returns the final record."""
   config.validate()
   model = build_model(config)
-  with workdir_lib.Workdir(workdir, KIND, (*workdir_lib.RUN_OUTPUTS, *OUTPUTS), legacy=_is_legacy_cvae,
-                           legacy_resumes=False, config=dataclasses.asdict(config), resumable=RESUMABLE,
+  with workdir_lib.Workdir(workdir, KIND, (*workdir_lib.RUN_OUTPUTS, *OUTPUTS),
+                           config=dataclasses.asdict(config), resumable=RESUMABLE,
                            marker_fields={"model": checkpoints.model_spec(model)}) as wd:
     wd.check(overwrite)
     judge_model, judge_params, judge_settings = classifier_lib.load_classifier(config.classifier, with_settings=True)

@@ -6,11 +6,11 @@ evaluation batch size. `elbo_terms` draws one z per example (the per-epoch curve
 of its errors (over images and over draws).
 """
 
+import contextlib
 import functools
-import time
+import os
 from typing import NamedTuple
 
-from absl import logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -18,6 +18,8 @@ import numpy as np
 
 from jaxvae import models
 from jaxvae import objectives
+from jaxvae import progress as progress_lib
+from jaxvae.errors import ConfigError
 
 
 @functools.partial(jax.jit, static_argnames=("model", "batch_size", "objective"))
@@ -140,11 +142,13 @@ def iwae_bounds(
     num_samples: int = 5000,
     batch_size: int = 100,
     chunk_size: int = 500,
+    progress: str | None = "IWAE",
 ) -> np.ndarray:
   """Per-example IWAE bound with `num_samples` importance samples; -mean is the test NLL.
 
   Memory is bounded by batch_size * chunk_size * D floats whatever N and K are
-  (100 * 500 * 784 * 4 bytes = 157 MB by default). Logs progress.
+  (100 * 500 * 784 * 4 bytes = 157 MB by default; `iwae_memory` measures it).
+  Prints progress every 30 s under the label `progress` (None: silent).
 
   Returns:
     [N] float64 numpy array of log p(x) lower bounds, nats.
@@ -152,15 +156,65 @@ def iwae_bounds(
   n = x_NxD.shape[0]
   keys_N = jax.random.split(key, n)
   bounds = []
-  start = last_log = time.perf_counter()
   batch_size = min(batch_size, n)
-  for lo in range(0, n, batch_size):
-    hi = min(lo + batch_size, n)
-    # The last batch is padded to full size, so there is a single compilation.
-    idx = np.minimum(np.arange(lo, lo + batch_size), n - 1)
-    batch = np.asarray(_iwae_batch(model, params, keys_N[idx], x_NxD[idx], num_samples, chunk_size))
-    bounds.append(batch[: hi - lo])
-    if time.perf_counter() - last_log > 30:
-      last_log = time.perf_counter()
-      logging.info("IWAE k=%d: %d/%d images, %.0f s", num_samples, hi, n, last_log - start)
+  with progress_lib.Progress(f"{progress} k={num_samples:,}", n) if progress else contextlib.nullcontext() as shown:
+    for lo in range(0, n, batch_size):
+      hi = min(lo + batch_size, n)
+      # The last batch is padded to full size, so there is a single compilation.
+      idx = np.minimum(np.arange(lo, lo + batch_size), n - 1)
+      batch = np.asarray(_iwae_batch(model, params, keys_N[idx], x_NxD[idx], num_samples, chunk_size))
+      bounds.append(batch[: hi - lo])
+      if shown is not None:
+        shown.advance(hi - lo)
   return np.concatenate(bounds).astype(np.float64)
+
+
+def available_memory() -> int:
+  """Bytes the evaluation may use on the first local device: its memory limit on an accelerator,
+  else the host's available memory (MemAvailable), else its physical memory."""
+  device = jax.local_devices()[0]
+  stats = device.memory_stats() if device.platform != "cpu" else None
+  if stats and stats.get("bytes_limit"):
+    return int(stats["bytes_limit"])
+  try:
+    for line in open("/proc/meminfo", encoding="ascii"):  # pylint: disable=consider-using-with
+      if line.startswith("MemAvailable:"):
+        return int(line.split()[1]) * 1024
+  except (OSError, ValueError, IndexError):
+    pass
+  return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def iwae_memory(model: nn.Module, params, example: jax.ShapeDtypeStruct, num_samples: int, batch_size: int,
+                chunk_size: int) -> int:
+  """Bytes of working memory one compiled `iwae_bounds` batch of examples shaped like `example`
+  needs, by XLA's own account of the program (its arguments, temporaries and outputs), compiled
+  for these shapes but not run."""
+  keys = jax.ShapeDtypeStruct((batch_size,), jax.random.key(0).dtype)
+  x = jax.ShapeDtypeStruct((batch_size, *example.shape), example.dtype)
+  compiled = _iwae_batch.lower(model, params, keys, x, num_samples, chunk_size).compile()
+  stats = compiled.memory_analysis()
+  return int(stats.temp_size_in_bytes + stats.output_size_in_bytes + stats.argument_size_in_bytes)
+
+
+def check_iwae_memory(model: nn.Module, params, example: jax.ShapeDtypeStruct, num_samples: int, batch_size: int,
+                      chunk_size: int, num_examples: int | None = None, per_sample_floats: int | None = None,
+                      fraction: float = 0.5) -> None:
+  """Refuses (`ConfigError`), before any training, IWAE settings whose evaluation of `num_examples`
+  examples shaped like `example` would need more than `fraction` of `available_memory()`. `params`
+  may be shapes (`jax.eval_shape`). With `per_sample_floats`, the caller's upper bound of the floats
+  one importance sample of one example holds (its activations), settings far below the limit pass
+  at once; otherwise the program is compiled (not run) and measured (`iwae_memory`)."""
+  if not num_samples:
+    return
+  budget = fraction * available_memory()
+  chunk = min(chunk_size, num_samples)
+  batch = min(batch_size, num_examples or batch_size)  # as `iwae_bounds` batches them
+  if per_sample_floats is not None and 4 * batch * chunk * per_sample_floats <= budget / 4:
+    return
+  need = iwae_memory(model, params, example, num_samples, batch, chunk_size)
+  if need > budget:
+    raise ConfigError(
+        f"the final IWAE estimate at eval_batch_size {batch_size} and iwae_chunk_size {chunk_size} would need "
+        f"{need / 2**30:,.1f} GiB at once, more than half of the {available_memory() / 2**30:,.1f} GiB this "
+        "machine has: lower eval_batch_size or iwae_chunk_size (the memory grows with their product)")

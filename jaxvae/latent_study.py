@@ -2,7 +2,9 @@
 
 `run_study(config, outdir)` compares a trained VAE and AE (`experiments.mnist`,
 `--model=ae`) with the project's classifier as judge, and writes into `outdir`
-(a study directory: new, empty or an earlier study's, whose outputs it replaces):
+(a study directory: new, empty or an earlier study's, whose outputs it replaces once
+the new study is complete; each finished table is kept, so an interrupted study
+resumes from the last one: `workdir.Staged`):
 
   results.json, results.md   the four tables below (`markdown`)
   prior_samples.png          decoded z ~ N(0, I): VAE, AE, and AE with z from a Gaussian fitted to its codes
@@ -31,6 +33,7 @@ from jaxvae import evaluate
 from jaxvae import latent
 from jaxvae import pictures
 from jaxvae import plots
+from jaxvae import progress as progress_lib
 from jaxvae import workdir as workdir_lib
 from jaxvae.errors import ConfigError
 
@@ -66,28 +69,24 @@ class LatentStudyConfig:
     return self
 
 
-def _legacy_study(path) -> bool:
-  """A study directory written before the marker: results.md is this study's alone."""
-  return (path / "results.md").is_file() and (path / "results.json").is_file()
-
-
 def run_study(config: LatentStudyConfig, outdir) -> dict:
   """The four tables and pictures of the module docstring, written into `outdir`; returns the tables."""
   config.validate()
-  with workdir_lib.Workdir(outdir, KIND, OUTPUTS, flag="--outdir", legacy=_legacy_study) as wd:
+  with workdir_lib.Workdir(outdir, KIND, OUTPUTS, flag="--outdir") as wd:
     wd.check()
     return _study(config, wd)
 
 
 def _study(config: LatentStudyConfig, wd: workdir_lib.Workdir) -> dict:
   """`run_study` in the checked workdir `wd`: every input is loaded and checked before it is opened."""
-  models, configs = {}, {}
+  models, configs, fingerprints = {}, {}, {}
   for name, workdir in (("VAE", config.vae), ("AE", config.ae)):
     model, params, run_config = checkpoints.load_model(workdir)
     expected = "vae" if name == "VAE" else "ae"
     if not isinstance(run_config, config_lib.Config) or run_config.model != expected or run_config.num_replicas != 1:
       raise ConfigError(f"--{expected}={workdir} does not hold a single {expected} run (experiments.mnist)")
     models[name], configs[name] = (model, params), run_config
+    fingerprints[name] = checkpoints.fingerprint(params)
   if configs["VAE"].binarization != configs["AE"].binarization:
     raise ConfigError(f"the VAE was trained with binarization {configs['VAE'].binarization}, the AE with "
                       f"{configs['AE'].binarization}; compare models trained on the same targets")
@@ -95,8 +94,11 @@ def _study(config: LatentStudyConfig, wd: workdir_lib.Workdir) -> dict:
   mnist = data_lib.load_mnist(config.data_source, path=config.data_path)
   if config.knn > len(mnist.train.labels):
     raise ConfigError(f"--knn={config.knn} exceeds the {len(mnist.train.labels)} training images")
-  wd.open(overwrite=True)  # a study replaces its own earlier outputs
-  outdir = wd.path
+  fingerprints["classifier"] = checkpoints.fingerprint(judge[1])
+  identity = {"settings": dataclasses.asdict(config), "models": fingerprints}
+  previous, staged = workdir_lib.begin_result(wd, identity, "study")
+  if previous is not None:
+    return previous
   probs_fn = lambda images: classifier_lib.predict_probs(*judge, jnp.asarray(images))
   # Both splits as the models saw them (binarized once with a fixed key, unless "none"),
   # so that training and test codes, and pixels, compare like with like.
@@ -108,73 +110,97 @@ def _study(config: LatentStudyConfig, wd: workdir_lib.Workdir) -> dict:
   codes = {name: {"train": np.asarray(evaluate.latent_means(m, p, train_x)),
                   "test": np.asarray(evaluate.latent_means(m, p, test_x))} for name, (m, p) in models.items()}
   two_d = all(c.latent_dim == 2 for c in configs.values())
-  plots.save_latent_scatter(outdir / "latent_means.png", [
+  plots.save_latent_scatter(staged.path("latent_means.png"), [
       pictures.latent_scatter_panel(f"{name}, L={configs[name].latent_dim}", c["test"], mnist.test.labels)
       for name, c in codes.items()], ("z1", "z2") if two_d else ("PC 1", "PC 2"))
-  results = {"vae": config.vae, "ae": config.ae, "latent_dim": {n: c.latent_dim for n, c in configs.items()},
+  results = {"vae": config.vae, "ae": config.ae, "identity": staged.identity,
+             "latent_dim": {n: c.latent_dim for n, c in configs.items()},
              "test_images": classifier_lib.recognisability(probs_fn(data_lib.to_unit_interval(
                  jnp.asarray(mnist.test.images))))}
 
   # (1) Prior samples.
-  results["prior_samples"], sample_pictures = latent.prior_sample_study(
-      models, keys["samples"], probs_fn, {n: c["train"] for n, c in codes.items()}, config.num_samples)
-  plots.save_panels(outdir / "prior_samples.png",
-                    [(label, plots.image_grid(images, 8)) for label, images in sample_pictures.items()])
+  if "prior_samples" not in staged:
+    with progress_lib.Progress("prior samples", 1, unit="pass"):
+      table, sample_pictures = latent.prior_sample_study(
+          models, keys["samples"], probs_fn, {n: c["train"] for n, c in codes.items()}, config.num_samples)
+    plots.save_panels(staged.path("prior_samples.png"),
+                      [(label, plots.image_grid(images, 8)) for label, images in sample_pictures.items()])
+    staged.save("prior_samples", table)
 
   # (2) Interpolation paths between random pairs of test digits with different labels.
-  first, second = np.asarray(jax.random.randint(keys["pairs"], (2, 4 * config.num_paths), 0, len(test_x)))
-  keep = mnist.test.labels[first] != mnist.test.labels[second]
-  first, second = first[keep][: config.num_paths], second[keep][: config.num_paths]
-  results["interpolation"], path_pictures = {}, []
-  for name, (model, params) in models.items():
-    for method in latent.INTERPOLATIONS:
-      z0, z1 = codes[name]["test"][first], codes[name]["test"][second]
-      paths = jax.vmap(lambda a, b, m=method: latent.interpolate(a, b, config.path_length, m))(z0, z1)
-      images = np.asarray(latent.decode_means(model, params, paths))
-      results["interpolation"][f"{name}, {method}"] = latent.path_smoothness(images, probs_fn)
-      path_pictures.append((f"{name}, {method}", plots.image_grid(images[:8].reshape(-1, images.shape[-1]),
-                                                                   config.path_length)))
-  plots.save_panels(outdir / "interpolations.png", path_pictures, num_cols=2)
+  if "interpolation" not in staged:
+    first, second = np.asarray(jax.random.randint(keys["pairs"], (2, 4 * config.num_paths), 0, len(test_x)))
+    keep = mnist.test.labels[first] != mnist.test.labels[second]
+    first, second = first[keep][: config.num_paths], second[keep][: config.num_paths]
+    table, path_pictures = {}, []
+    with progress_lib.Progress("interpolation", len(models) * len(latent.INTERPOLATIONS), unit="path sets") as shown:
+      for name, (model, params) in models.items():
+        for method in latent.INTERPOLATIONS:
+          z0, z1 = codes[name]["test"][first], codes[name]["test"][second]
+          paths = jax.vmap(lambda a, b, m=method: latent.interpolate(a, b, config.path_length, m))(z0, z1)
+          images = np.asarray(latent.decode_means(model, params, paths))
+          table[f"{name}, {method}"] = latent.path_smoothness(images, probs_fn)
+          path_pictures.append((f"{name}, {method}", plots.image_grid(images[:8].reshape(-1, images.shape[-1]),
+                                                                       config.path_length)))
+          shown.advance(1)
+    plots.save_panels(staged.path("interpolations.png"), path_pictures, num_cols=2)
+    staged.save("interpolation", table)
 
   # (3) k-NN classification on latent means (and on pixels, for reference).
-  results["knn_accuracy"] = {}
-  for name, c in codes.items():
-    predicted = latent.knn_classify(c["train"], mnist.train.labels, c["test"], config.knn)
-    results["knn_accuracy"][f"{name} latent means ({configs[name].latent_dim}-D)"] = float(
-        np.mean(np.asarray(predicted) == mnist.test.labels))
-  predicted = latent.knn_classify(train_x, mnist.train.labels, test_x, config.knn)
-  results["knn_accuracy"]["pixels (784-D)"] = float(np.mean(np.asarray(predicted) == mnist.test.labels))
+  if "knn_accuracy" not in staged:
+    table = {}
+    with progress_lib.Progress("k-NN", len(codes) + 1, unit="spaces") as shown:
+      for name, c in codes.items():
+        predicted = latent.knn_classify(c["train"], mnist.train.labels, c["test"], config.knn)
+        table[f"{name} latent means ({configs[name].latent_dim}-D)"] = float(
+            np.mean(np.asarray(predicted) == mnist.test.labels))
+        shown.advance(1)
+      predicted = latent.knn_classify(train_x, mnist.train.labels, test_x, config.knn)
+      table["pixels (784-D)"] = float(np.mean(np.asarray(predicted) == mnist.test.labels))
+    staged.save("knn_accuracy", table)
 
   # (4) Inpainting of binarized test digits.
+  if "inpainting" not in staged:
+    staged.save("inpainting", _inpainting(config, models, test_x, train_gray, keys, staged.path("inpainting.png")))
+  for name in ("prior_samples", "interpolation", "knn_accuracy", "inpainting"):
+    results[name] = staged[name]
+  workdir_lib.write_json(staged.path("results.json"), results, sort_keys=False)
+  workdir_lib.write_text(staged.path("results.md"), markdown(results))
+  staged.commit(OUTPUTS, OUTPUTS)
+  return results
+
+
+def _inpainting(config: LatentStudyConfig, models: dict, test_x, train_gray, keys: dict, picture) -> dict:
+  """Table (4): each model and method fills the hidden pixels of each mask; the picture at `picture`."""
   n = min(config.num_inpaint, len(test_x))
   x = jnp.asarray(test_x[:n])
   mean_image = jnp.broadcast_to(jnp.mean(train_gray, axis=0), x.shape)  # the expected binarized pixel
   masks = {"lower half": latent.lower_half_mask(n), "random 12x12 block": latent.random_block_mask(keys["masks"], n)}
-  results["inpainting"], inpaint_pictures = {}, []
-  for mask_name, observed in masks.items():
-    fills = {"mean training image": jnp.where(observed, x, mean_image)}
-    for name, (model, params) in models.items():
-      for method in latent.INPAINT_METHODS:
-        if method == "predictive" and name == "AE":
-          continue  # no posterior to average over
-        fills[f"{name}, {method}"] = latent.inpaint(model, params, x, observed, method, config.inpaint_steps,
-                                                    prior=name == "VAE", key=keys["inpaint"],
-                                                    num_samples=config.inpaint_samples)
-    results["inpainting"][mask_name] = {
-        label: {"nats_per_hidden_pixel": float(-latent.masked_log_likelihood(x, fill, observed)),
-                "hidden_pixel_accuracy": float(jnp.sum(jnp.where(observed, 0.0, (fill > 0.5) == (x > 0.5)))
-                                               / jnp.sum(~observed))}
-        for label, fill in fills.items()}
-    shown = slice(0, 8)
-    masked_input = jnp.where(observed[shown], x[shown], 0.5)
-    rows = [masked_input, fills["VAE, predictive"][shown], fills["AE, optimize"][shown], x[shown]]
-    inpaint_pictures.append((f"{mask_name}: input / VAE / AE / original",
-                             plots.image_grid(jnp.concatenate(rows), 8)))
-  plots.save_panels(outdir / "inpainting.png", inpaint_pictures)
-
-  workdir_lib.write_json(outdir / "results.json", results)
-  (outdir / "results.md").write_text(markdown(results))
-  return results
+  table, inpaint_pictures = {}, []
+  fills_per_mask = len(models) * len(latent.INPAINT_METHODS) - 1  # the AE has no predictive inpainting
+  with progress_lib.Progress("inpainting", len(masks) * fills_per_mask, unit="fills") as shown:
+    for mask_name, observed in masks.items():
+      fills = {"mean training image": jnp.where(observed, x, mean_image)}
+      for name, (model, params) in models.items():
+        for method in latent.INPAINT_METHODS:
+          if method == "predictive" and name == "AE":
+            continue  # no posterior to average over
+          fills[f"{name}, {method}"] = latent.inpaint(model, params, x, observed, method, config.inpaint_steps,
+                                                      prior=name == "VAE", key=keys["inpaint"],
+                                                      num_samples=config.inpaint_samples)
+          shown.advance(1)
+      table[mask_name] = {
+          label: {"nats_per_hidden_pixel": float(-latent.masked_log_likelihood(x, fill, observed)),
+                  "hidden_pixel_accuracy": float(jnp.sum(jnp.where(observed, 0.0, (fill > 0.5) == (x > 0.5)))
+                                                 / jnp.sum(~observed))}
+          for label, fill in fills.items()}
+      first = slice(0, 8)
+      masked_input = jnp.where(observed[first], x[first], 0.5)
+      rows = [masked_input, fills["VAE, predictive"][first], fills["AE, optimize"][first], x[first]]
+      inpaint_pictures.append((f"{mask_name}: input / VAE / AE / original",
+                               plots.image_grid(jnp.concatenate(rows), 8)))
+  plots.save_panels(picture, inpaint_pictures)
+  return table
 
 
 def markdown(results: dict) -> str:

@@ -17,7 +17,7 @@ and `fit` owns the rest:
   non-finite ones, with a warning), `metrics.jsonl` cut back to its epoch, and
   training on from there; a finished run reports its final record;
 * checkpoints every `checkpoint_every` epochs and after the last;
-* SIGTERM / Ctrl-C: the epoch finishes, a checkpoint is saved, `Interrupted`
+* SIGTERM / Ctrl-C / SIGHUP: the epoch finishes, a checkpoint is saved, `Interrupted`
   (exit code 128 + signal) names the resume command; during the final evaluation
   it stops at once (the model is checkpointed);
 * the non-finite policy: "stop" raises `NonFiniteError` naming epoch and step (the
@@ -52,8 +52,11 @@ from jaxvae import workdir as workdir_lib
 from jaxvae.errors import ConfigError, Interrupted, NonFiniteError
 
 
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # SIGHUP: the terminal closed
+
+
 class StopSignals:
-  """While active, SIGTERM and SIGINT set `self.signum` instead of killing the process, so the
+  """While active, SIGTERM, SIGINT and SIGHUP set `self.signum` instead of killing the process, so the
   loop can finish its epoch, save a checkpoint and exit cleanly; with `raise_now` (phases
   without a safe point to stop at) they raise `Interrupted` with `message` at once."""
 
@@ -65,7 +68,7 @@ class StopSignals:
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
-      for signum in (signal.SIGTERM, signal.SIGINT):
+      for signum in SIGNALS:
         self._previous[signum] = signal.signal(signum, self._handle)
       outer = getattr(self._previous[signal.SIGINT], "__self__", None)
       if isinstance(outer, StopSignals) and outer.signum:  # one the outer context could not raise
@@ -177,7 +180,8 @@ def fit(
       for index, (replica, records) in enumerate(zip(replicas, kept)):
         replica.directory.mkdir(parents=True, exist_ok=True)
         if ensemble:
-          workdir_lib.write_json(replica.directory / workdir_lib.MARKER, {"kind": "replica", "index": index})
+          marker = {"kind": "replica", "format": workdir_lib.FORMAT, "index": index}
+          workdir_lib.write_json(replica.directory / workdir_lib.MARKER, marker)
           workdir_lib.write_json(replica.directory / "config.json", replica.config)
         replica.records.rewrite(records)
     if restored.state is not None:

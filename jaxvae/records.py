@@ -2,7 +2,8 @@
 
 `metrics.jsonl` is the record of truth: one object per epoch, then one with
 `"final": true`. Every numeric field is also written as a TensorBoard scalar
-(tensorboardX's event writer, no TensorFlow) into the same directory, so
+(tensorboardX's event writer, no TensorFlow; where tensorboardX is not installed,
+a warning says the run has no event file) into the same directory, so
 `tensorboard --logdir runs/` shows the training curves; a resumed run starts its
 event file with a purge of the epochs after its checkpoint, so TensorBoard shows
 each epoch once.
@@ -15,20 +16,25 @@ import pathlib
 
 from absl import logging
 
+from jaxvae import workdir as workdir_lib
+from jaxvae.errors import Error
+
 METRICS = "metrics.jsonl"
+MAX_METRICS_BYTES = 1 << 30  # about a million epochs' records
 
 
 def read_metrics(path) -> list[dict]:
-  """The records of a metrics.jsonl. A line that is not a complete JSON object (cut off by a
-  kill, not UTF-8, or not an object) is dropped with a warning."""
+  """The records of a metrics.jsonl (none when there is no file). A line that is not a complete
+  JSON object (cut off by a kill, not UTF-8, nested too deeply, or not an object) is dropped
+  with a warning; a path that is not a regular file, or a file over 1 GiB, is a `WorkdirError`."""
   path = pathlib.Path(path)
-  if not path.is_file():
+  if not os.path.lexists(path):
     return []
   records = []
-  for number, line in enumerate(path.read_bytes().splitlines(), 1):
+  for number, line in enumerate(workdir_lib.read_bytes(path, "metrics file", MAX_METRICS_BYTES).splitlines(), 1):
     try:
-      record = json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+      record = workdir_lib.parse_json(line, f"{path}:{number}", "record")
+    except Error:
       record = None
     if isinstance(record, dict) and isinstance(record.get("epoch"), int):
       records.append(record)
@@ -72,9 +78,15 @@ class Records:
     record's under `final/`)."""
     append_metrics(self.path, record)
     if self._writer is None:
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-
-      self._writer = SummaryWriter(logdir=str(self.directory), flush_secs=30, purge_step=self._purge_step)
+      try:
+        from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      except ImportError:  # metrics.jsonl, the record of truth, is complete without it
+        logging.warning("tensorboardX is not installed: %s gets no TensorBoard event file", self.directory)
+        self._writer = False
+      else:
+        self._writer = SummaryWriter(logdir=str(self.directory), flush_secs=30, purge_step=self._purge_step)
+    if not self._writer:
+      return
     prefix = "final/" if record.get("final") else ""
     for name, value in record.items():
       if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and name != "epoch":
@@ -82,6 +94,6 @@ class Records:
     self._writer.flush()
 
   def close(self) -> None:
-    if self._writer is not None:
+    if self._writer:
       self._writer.close()
-      self._writer = None
+    self._writer = None

@@ -2,7 +2,8 @@
 
 `run_report(config, outdir)` reads a trained VAE (`experiments.mnist`, one or two stochastic
 layers, binarized data) and writes into `outdir` (a report directory: new, empty or an earlier
-report's, whose outputs it replaces) results.json, results.md and results.png:
+report's, whose outputs it replaces once the new report is complete) results.json, results.md
+and results.png:
 
   likelihood  the test NLL of the same test images by the IWAE bound (k samples from the
               encoder) and by AIS from the prior (`inference.ais`), and their paired difference;
@@ -24,10 +25,15 @@ report's, whose outputs it replaces) results.json, results.md and results.png:
 Every estimate carries its error: ± the standard error over images, and the mean Monte-Carlo
 error of one image's estimate (over AIS's chains, `inference.log_mean_exp_stderr`, or over the
 ELBO's draws). results.png: the per-image gaps and the KL of each latent dimension.
+
+Each section is kept as it finishes (`workdir.Staged`, with the settings and the model's
+fingerprint): the same command after an interruption resumes from the last finished section,
+and every phase prints its progress at least every 30 s. results.json records that identity;
+a complete report of the same settings and model is not computed again.
 """
 
+import contextlib
 import dataclasses
-import json
 import time
 
 import jax
@@ -40,6 +46,7 @@ from jaxvae import data as data_lib
 from jaxvae import evaluate
 from jaxvae import inference
 from jaxvae import plots
+from jaxvae import progress as progress_lib
 from jaxvae import superres
 from jaxvae import workdir as workdir_lib
 from jaxvae.errors import ConfigError
@@ -100,12 +107,18 @@ def load_vae(workdir):
   return model, params, run_config
 
 
-def _in_batches(fn, batch_size: int, *arrays):
+def _in_batches(fn, batch_size: int, *arrays, label: str | None = None):
   """fn over consecutive slices of `arrays` (a leading axis N), results concatenated: with a key
-  per example among `arrays`, the result does not depend on `batch_size`."""
+  per example among `arrays`, the result does not depend on `batch_size`. `label`: progress lines
+  (`progress.Progress`) under that name."""
   n = arrays[0].shape[0]
-  parts = [fn(*(a[i:i + batch_size] for a in arrays)) for i in range(0, n, batch_size)]
-  return jax.tree.map(lambda *p: np.concatenate([np.asarray(q) for q in p]), *parts)
+  parts = []
+  with progress_lib.Progress(label, n) if label else contextlib.nullcontext() as shown:
+    for i in range(0, n, batch_size):
+      parts.append(jax.tree.map(np.asarray, fn(*(a[i:i + batch_size] for a in arrays))))
+      if shown is not None:
+        shown.advance(min(batch_size, n - i))
+  return jax.tree.map(lambda *p: np.concatenate(p), *parts)
 
 
 def _summary(values) -> dict:
@@ -116,7 +129,12 @@ def _summary(values) -> dict:
 
 
 def run_report(config: ReportConfig, outdir) -> dict:
-  """The report of the module docstring, written into `outdir`; returns its results."""
+  """The report of the module docstring, written into `outdir`; returns its results.
+
+  Each finished section is kept (`workdir.Staged`): the same command after an interruption
+  resumes from the last finished one, and the previous complete report stays in place until
+  the new one is complete. A report of the same settings and model that is complete is returned
+  as it is."""
   config.validate()
   with workdir_lib.Workdir(outdir, KIND, OUTPUTS, flag="--outdir") as wd:
     wd.check()
@@ -129,90 +147,117 @@ def _report(config: ReportConfig, wd: workdir_lib.Workdir) -> dict:
   for flag in ("num_images", "superres_images"):
     if getattr(config, flag) > len(mnist.test.labels):
       raise ConfigError(f"--{flag}={getattr(config, flag)} exceeds the {len(mnist.test.labels)} test images")
-  wd.open(overwrite=True)  # a report replaces its own earlier outputs
+  identity = {"settings": dataclasses.asdict(config), "model": checkpoints.fingerprint(params)}
+  previous, staged = workdir_lib.begin_result(wd, identity, "report")
+  if previous is not None:
+    return previous
   # The test set binarized once, as the run evaluated it: all of it for the KL split, the first N for AIS.
   all_x = jnp.asarray(data_lib.test_targets(mnist.test.images, run_config.binarization))
   test_x = all_x[:config.num_images]
   iwae_key, ais_key, sim_key, bdmc_key, kl_key, gap_key, sr_key = jax.random.split(jax.random.key(config.seed), 7)
   settings = config.ais_settings
-  results = {"workdir": str(config.workdir), "settings": dataclasses.asdict(config)}
 
-  start = time.perf_counter()
-  iwae_bounds = evaluate.iwae_bounds(model, params, iwae_key, test_x, config.iwae_samples,
-                                     min(config.batch_size, 100), min(500, config.iwae_samples))
-  iwae_seconds = time.perf_counter() - start
-  start = time.perf_counter()
-  ais_log_w = _in_batches(lambda k, x: inference.batch_ais(model, params, k, x, settings).log_weights,
-                          config.batch_size, jax.random.split(ais_key, config.num_images), test_x)
-  ais_seconds = time.perf_counter() - start
-  ais_estimates = np.asarray(inference.log_mean_exp(jnp.asarray(ais_log_w)))
-  ais_mc = np.asarray(inference.log_mean_exp_stderr(jnp.asarray(ais_log_w)))
-  results["likelihood"] = {
-      "num_images": config.num_images,
-      "iwae": {**_summary(-iwae_bounds), "samples": config.iwae_samples, "seconds": iwae_seconds},
-      "ais": {**_summary(-ais_estimates), "mc_stderr_per_image": float(ais_mc.mean()),
-              "steps": config.ais_steps, "chains": config.ais_chains, "leapfrog": config.leapfrog,
-              "seconds": ais_seconds},
-      "ais_minus_iwae": _summary(-ais_estimates + iwae_bounds),
-  }
+  if "likelihood" not in staged:
+    start = time.perf_counter()
+    iwae_bounds = evaluate.iwae_bounds(model, params, iwae_key, test_x, config.iwae_samples,
+                                       min(config.batch_size, 100), min(500, config.iwae_samples))
+    iwae_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    ais_log_w = _in_batches(lambda k, x: inference.batch_ais(model, params, k, x, settings).log_weights,
+                            config.batch_size, jax.random.split(ais_key, config.num_images), test_x, label="AIS")
+    ais_seconds = time.perf_counter() - start
+    ais_estimates = np.asarray(inference.log_mean_exp(jnp.asarray(ais_log_w)))
+    ais_mc = np.asarray(inference.log_mean_exp_stderr(jnp.asarray(ais_log_w)))
+    staged.save("likelihood", {
+        "num_images": config.num_images,
+        "iwae": {**_summary(-iwae_bounds), "samples": config.iwae_samples, "seconds": iwae_seconds},
+        "ais": {**_summary(-ais_estimates), "mc_stderr_per_image": float(ais_mc.mean()),
+                "steps": config.ais_steps, "chains": config.ais_chains, "leapfrog": config.leapfrog,
+                "seconds": ais_seconds},
+        "ais_minus_iwae": _summary(-ais_estimates + iwae_bounds),
+        "per_image_log_px": [float(v) for v in ais_estimates]})
+  ais_estimates = np.asarray(staged["likelihood"]["per_image_log_px"], np.float64)
 
-  start = time.perf_counter()
-  gap_terms = _in_batches(lambda k, x: inference.batch_gap_terms(model, params, k, x, config.gap_settings),
-                          config.batch_size, jax.random.split(gap_key, config.num_images), test_x)
-  encoder, optimal = (np.asarray(e, np.float64) for e in (gap_terms.elbo_encoder, gap_terms.elbo_optimal))
-  results["likelihood"]["neg_elbo"] = {**_summary(-encoder), "samples": config.elbo_samples,
-                                       "mc_stderr_per_image": float(np.mean(gap_terms.mc_stderr_encoder))}
-  results["gaps"] = {
-      "num_images": config.num_images, "steps": config.gap_steps, "samples": config.elbo_samples,
-      "log_px": _summary(ais_estimates), "elbo_optimal": _summary(optimal), "elbo_encoder": _summary(encoder),
-      "elbo_optimal_mc_stderr_per_image": float(np.mean(gap_terms.mc_stderr_optimal)),
-      "approximation": _summary(ais_estimates - optimal), "amortization": _summary(optimal - encoder),
-      "inference": _summary(ais_estimates - encoder), "seconds": time.perf_counter() - start,
-      "per_image": {"approximation": [float(v) for v in ais_estimates - optimal],
-                    "amortization": [float(v) for v in optimal - encoder]},
-  }
+  if "gaps" not in staged:
+    start = time.perf_counter()
+    gap_terms = _in_batches(lambda k, x: inference.batch_gap_terms(model, params, k, x, config.gap_settings),
+                            config.batch_size, jax.random.split(gap_key, config.num_images), test_x,
+                            label="inference gaps")
+    encoder, optimal = (np.asarray(e, np.float64) for e in (gap_terms.elbo_encoder, gap_terms.elbo_optimal))
+    staged.save("gaps", {
+        "neg_elbo": {**_summary(-encoder), "samples": config.elbo_samples,
+                     "mc_stderr_per_image": float(np.mean(gap_terms.mc_stderr_encoder))},
+        "gaps": {
+            "num_images": config.num_images, "steps": config.gap_steps, "samples": config.elbo_samples,
+            "log_px": _summary(ais_estimates), "elbo_optimal": _summary(optimal), "elbo_encoder": _summary(encoder),
+            "elbo_optimal_mc_stderr_per_image": float(np.mean(gap_terms.mc_stderr_optimal)),
+            "approximation": _summary(ais_estimates - optimal), "amortization": _summary(optimal - encoder),
+            "inference": _summary(ais_estimates - encoder), "seconds": time.perf_counter() - start,
+            "per_image": {"approximation": [float(v) for v in ais_estimates - optimal],
+                          "amortization": [float(v) for v in optimal - encoder]}}})
 
-  sim_x, sim_z = inference.simulate(model, params, sim_key, config.num_simulated)
-  start = time.perf_counter()
-  forward, reverse = _in_batches(
-      lambda k, x, z: tuple(r.log_weights for r in inference.batch_bdmc(model, params, k, x, z, settings)),
-      config.batch_size, jax.random.split(bdmc_key, config.num_simulated), sim_x, sim_z)
-  lower = np.asarray(inference.log_mean_exp(jnp.asarray(forward)))  # log p(x) from below
-  upper = -np.asarray(inference.log_mean_exp(jnp.asarray(reverse)))  # and from above
-  results["bdmc"] = {"num_simulated": config.num_simulated, "forward_nll": _summary(-lower),
-                     "reverse_nll": _summary(-upper), "gap": _summary(upper - lower),
-                     "seconds": time.perf_counter() - start}
+  if "bdmc" not in staged:
+    sim_x, sim_z = inference.simulate(model, params, sim_key, config.num_simulated)
+    start = time.perf_counter()
+    forward, reverse = _in_batches(
+        lambda k, x, z: tuple(r.log_weights for r in inference.batch_bdmc(model, params, k, x, z, settings)),
+        config.batch_size, jax.random.split(bdmc_key, config.num_simulated), sim_x, sim_z, label="BDMC")
+    lower = np.asarray(inference.log_mean_exp(jnp.asarray(forward)))  # log p(x) from below
+    upper = -np.asarray(inference.log_mean_exp(jnp.asarray(reverse)))  # and from above
+    staged.save("bdmc", {"num_simulated": config.num_simulated, "forward_nll": _summary(-lower),
+                         "reverse_nll": _summary(-upper), "gap": _summary(upper - lower),
+                         "seconds": time.perf_counter() - start})
 
+  files = ["results.json", "results.md", "results.png"]
   if config.superres_images and run_config.stochastic_layers == 1:
-    results["superres"] = _superres(model, params, sr_key, all_x[:config.superres_images],
-                                    jnp.mean(data_lib.to_unit_interval(jnp.asarray(mnist.train.images)), axis=0),
-                                    config.batch_size, wd.path)
-  start = time.perf_counter()
-  if run_config.stochastic_layers == 2:  # q(z | x) is a mixture over h1: no closed-form KL term to split
-    results["kl"] = {"num_images": len(all_x), "active_units": evaluate.active_units(model, params, all_x),
-                     "h1_active_units": evaluate.h1_active_units(model, params, all_x),
-                     "latent_dim": run_config.latent_dim, "h1_dim": run_config.h1_dim}
-    return _write(wd, results)
-  split = inference.kl_decomposition(kl_key, *evaluate.posteriors(model, params, all_x))
-  results["kl"] = {"num_images": len(all_x), "average_kl": split.average_kl,
-                   "mutual_information": {"mean": split.mutual_information, "stderr": split.marginal_kl_stderr},
-                   "marginal_kl": {"mean": split.marginal_kl, "stderr": split.marginal_kl_stderr},
-                   "log_num_images": float(np.log(len(all_x))),
-                   "active_units": evaluate.active_units(model, params, all_x),
-                   "kl_per_dimension": [float(v) for v in split.kl_per_dimension],
-                   "seconds": time.perf_counter() - start}
-  return _write(wd, results)
+    if "superres" not in staged:
+      staged.save("superres", _superres(model, params, sr_key, all_x[:config.superres_images],
+                                        jnp.mean(data_lib.to_unit_interval(jnp.asarray(mnist.train.images)), axis=0),
+                                        config.batch_size, staged.path("superres.png")))
+    files.append("superres.png")
+
+  if "kl" not in staged:
+    start = time.perf_counter()
+    with progress_lib.Progress("KL split", 1, unit="pass"):
+      if run_config.stochastic_layers == 2:  # q(z | x) is a mixture over h1: no closed-form KL term to split
+        kl = {"num_images": len(all_x), "active_units": evaluate.active_units(model, params, all_x),
+              "h1_active_units": evaluate.h1_active_units(model, params, all_x),
+              "latent_dim": run_config.latent_dim, "h1_dim": run_config.h1_dim}
+      else:
+        split = inference.kl_decomposition(kl_key, *evaluate.posteriors(model, params, all_x))
+        kl = {"num_images": len(all_x), "average_kl": split.average_kl,
+              "mutual_information": {"mean": split.mutual_information, "stderr": split.marginal_kl_stderr},
+              "marginal_kl": {"mean": split.marginal_kl, "stderr": split.marginal_kl_stderr},
+              "log_num_images": float(np.log(len(all_x))),
+              "active_units": evaluate.active_units(model, params, all_x),
+              "kl_per_dimension": [float(v) for v in split.kl_per_dimension],
+              "seconds": time.perf_counter() - start}
+    staged.save("kl", kl)
+
+  likelihood = {k: v for k, v in staged["likelihood"].items() if k != "per_image_log_px"}
+  results = {"workdir": str(config.workdir), "settings": dataclasses.asdict(config), "identity": staged.identity,
+             "likelihood": {**likelihood, "neg_elbo": staged["gaps"]["neg_elbo"]}, "gaps": staged["gaps"]["gaps"],
+             "bdmc": staged["bdmc"], "kl": staged["kl"]}
+  if "superres.png" in files:
+    results["superres"] = staged["superres"]
+  workdir_lib.write_json(staged.path("results.json"), results, sort_keys=False)
+  workdir_lib.write_text(staged.path("results.md"), markdown(results) + "\n")
+  plot(results, staged.path("results.png"))
+  staged.commit(files, OUTPUTS)
+  return results
 
 
-def _superres(model, params, key, x_NxD, mean_D, batch_size: int, outdir) -> dict:
+def _superres(model, params, key, x_NxD, mean_D, batch_size: int, picture) -> dict:
   """The super-resolution section: per factor, every method's nats per pixel and accuracy (±
-  standard error over images), the VAE's paired advantage over the best baseline; superres.png."""
+  standard error over images), the VAE's paired advantage over the best baseline; its picture
+  (superres.png) at the path `picture`."""
   section, rows = {"num_images": len(x_NxD)}, []
   for factor in superres.FACTORS:
     start = time.perf_counter()
     counts = superres.block_counts(x_NxD, factor)
     vae = _in_batches(lambda k, c: superres.upscale(model, params, k, c, factor), batch_size,
-                      jax.random.split(jax.random.fold_in(key, factor), len(x_NxD)), counts)
+                      jax.random.split(jax.random.fold_in(key, factor), len(x_NxD)), counts,
+                      label=f"super-resolution {factor}x{factor}")
     seconds = time.perf_counter() - start
     probs = {"VAE, p(x | counts)": vae, **superres.baselines(mean_D, counts, factor)}
     scores = {name: superres.pixel_scores(x_NxD, p) for name, p in probs.items()}
@@ -223,15 +268,8 @@ def _superres(model, params, key, x_NxD, mean_D, batch_size: int, outdir) -> dic
         "seconds": seconds}
     rows += [np.asarray(superres.nearest(counts[:8], factor)), *(np.asarray(probs[name][:8]) for name in
              superres.BASELINES[1:]), np.asarray(vae[:8]), np.asarray(x_NxD[:8])]
-  plots.save_image_grid(outdir / "superres.png", np.concatenate(rows), num_cols=8)
+  plots.save_image_grid(picture, np.concatenate(rows), num_cols=8)
   return section
-
-
-def _write(wd: workdir_lib.Workdir, results: dict) -> dict:
-  (wd.path / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-  (wd.path / "results.md").write_text(markdown(results) + "\n")
-  plot(results, wd.path / "results.png")
-  return results
 
 
 def plot(results: dict, path) -> None:

@@ -58,17 +58,6 @@ def test_elbo(model, params, key, test_x, objective=objectives.elbo) -> dict:
   return {"test_neg_elbo": -terms.elbo, "test_kl": terms.kl, "test_reconstruction": terms.reconstruction}
 
 
-def is_legacy_run(path) -> bool:
-  """A VAE workdir written before the marker: a config.json that is a `Config`."""
-  try:
-    config_lib.Config.from_json_file(path / "config.json")
-  except ConfigError:
-    return False
-  return config_lib.replica_of(path) is None
-
-
-
-
 def train_and_evaluate(config: config_lib.Config, workdir, overwrite: bool = False) -> dict | list[dict]:
   """Trains and evaluates `config` in `workdir` (see the module docstring) through `loop.fit`.
 
@@ -77,14 +66,11 @@ def train_and_evaluate(config: config_lib.Config, workdir, overwrite: bool = Fal
   """
   config.validate()
   model = config_lib.build_model(config)
-  with workdir_lib.Workdir(workdir, KIND, (*workdir_lib.RUN_OUTPUTS, *OUTPUTS), legacy=is_legacy_run,
+  with workdir_lib.Workdir(workdir, KIND, (*workdir_lib.RUN_OUTPUTS, *OUTPUTS),
                            writer=hosts.is_writer(), config=config.to_dict(), resumable=config_lib.RESUMABLE_FIELDS,
                            normalize=lambda saved: config_lib.Config.from_dict(saved).to_dict(),
                            marker_fields={"model": checkpoints.model_spec(model),
                                           "num_replicas": config.num_replicas}) as wd:
-    if config_lib.replica_of(wd.path) is not None:
-      raise ConfigError(f"{wd.path} is one replica of the ensemble in {wd.path.parent}; run the ensemble's "
-                        "command there, or use another --workdir")
     wd.check(overwrite)
     mnist = data_lib.load_mnist(config.data_source, config.data_dir, config.tfds_download, config.data_path)
     train_split = data_lib.without_digit(mnist.train, config.exclude_digit)
@@ -94,6 +80,12 @@ def train_and_evaluate(config: config_lib.Config, workdir, overwrite: bool = Fal
     if len(mnist.test.labels) < pictures.MIN_TEST_IMAGES:
       raise ConfigError(f"the test set has {len(mnist.test.labels)} images; the pictures need at least "
                         f"{pictures.MIN_TEST_IMAGES}")
+    shapes = jax.eval_shape(lambda k: models.init_params(model, k), jax.random.key(0))
+    widths = None if config.architecture != "mlp" else 3 * data_lib.NUM_PIXELS + 2 * sum(  # activations per sample
+        leaf.shape[-1] for leaf in jax.tree.leaves(shapes) if leaf.ndim == 2)
+    evaluate.check_iwae_memory(model, shapes, jax.ShapeDtypeStruct((data_lib.NUM_PIXELS,), jnp.float32),
+                               config.iwae_samples, config.eval_batch_size, config.iwae_chunk_size,
+                               len(mnist.test.labels), widths)
     mesh = train.data_mesh()
     if config.batch_size % mesh.size:
       raise ConfigError(f"batch_size {config.batch_size} is not a multiple of the {mesh.size} devices "

@@ -19,6 +19,7 @@ test images after the last epoch (no model selection on the test set).
 """
 
 import dataclasses
+import hashlib
 
 import jax
 import jax.numpy as jnp
@@ -89,6 +90,7 @@ class SemisupervisedConfig:
 
 
 RESUMABLE = ("num_epochs", "eval_every", "checkpoint_every", "data_source", "data_path", "seeds")
+IDENTITY = ("m1_fingerprint",)  # M1's identity: checked on its own (`_check_m1`), with its own message
 
 
 def make_loss(model: conditional.M2, alpha: float, labelled_fraction: float, labelled_batch_size: int, inputs: str):
@@ -119,12 +121,19 @@ def make_loss(model: conditional.M2, alpha: float, labelled_fraction: float, lab
   return loss_fn
 
 
-def load_m1(workdir, train_x, test_x, units: str = "active"):
-  """M1's (model, params), its codes (q(z1 | x) of the training images, means of the test images)
-  and the indices of the latent units kept (`units`: "active" or "all")."""
+def read_m1(workdir):
+  """M1's (model, params): a single VAE run (`experiments.mnist`)."""
   m1, m1_params, m1_config = checkpoints.load_model(workdir)
   if not isinstance(m1_config, config_lib.Config) or m1_config.model != "vae" or m1_config.num_replicas != 1:
     raise ConfigError(f"--m1={workdir} does not hold a single VAE run; M1 must be one (experiments.mnist)")
+  return m1, m1_params
+
+
+def load_m1(workdir, train_x, test_x, units: str = "active", m1=None):
+  """M1's (model, params), its codes (q(z1 | x) of the training images, means of the test images)
+  and the indices of the latent units kept (`units`: "active" or "all"). `m1`: its (model, params)
+  if already read (`read_m1`)."""
+  m1, m1_params = m1 or read_m1(workdir)
   mean, logvar = evaluate.posteriors(m1, m1_params, train_x)
   keep = np.arange(m1.latent_dim)
   if units == "active":  # the statistic of `evaluate.active_units`
@@ -146,27 +155,47 @@ def _settings(config: SemisupervisedConfig) -> dict:
   return {**dataclasses.asdict(config), "seeds": list(config.seeds)}
 
 
+def _check_m1(wd: workdir_lib.Workdir, config: SemisupervisedConfig, m1_fingerprint: str) -> None:
+  """Refuses to go on with a study whose M1 changed since it started (its codes did with it)."""
+  if not wd.holds_run() or not (wd.path / "config.json").exists():
+    return
+  before = workdir_lib.read_json_object(wd.path / "config.json", "config").get("m1_fingerprint")
+  if before == m1_fingerprint:
+    return
+  what = (f"its parameters changed since (fingerprint {before} then, {m1_fingerprint} now), and its codes with them"
+          if before else "this study recorded no fingerprint of its M1 (an earlier jaxvae wrote it), so an unchanged "
+          "M1 cannot be checked")
+  raise ConfigError(f"--m1={config.m1} is not known to be the M1 that {wd.path} was trained on: {what}; use another "
+                    "--outdir, or --overwrite to train the study again on this M1")
+
+
 def run_study(config: SemisupervisedConfig, outdir, overwrite: bool = False) -> dict:
   """Trains one M2 per seed in `outdir/seed=<s>/` (each through `loop.fit`, so each resumes),
-  then writes results.json and class_grid.png; returns the results."""
+  then writes results.json and class_grid.png; returns the results. An M1+M2 study records its
+  M1's fingerprint (`checkpoints.fingerprint`) and refuses to go on when M1 changed."""
   config.validate()
-  with workdir_lib.Workdir(outdir, STUDY_KIND, OUTPUTS, flag="--outdir", config=_settings(config),
-                           resumable=RESUMABLE) as wd:
+  m1_read = read_m1(config.m1) if config.m1 else None
+  m1_fingerprint = checkpoints.fingerprint(m1_read[1]) if config.m1 else None
+  settings = {**_settings(config), "m1_fingerprint": m1_fingerprint}
+  with workdir_lib.Workdir(outdir, STUDY_KIND, OUTPUTS, flag="--outdir", config=settings,
+                           resumable=RESUMABLE + IDENTITY) as wd:
     wd.check(overwrite)
+    if config.m1 and not overwrite:
+      _check_m1(wd, config, m1_fingerprint)
     mnist = data_lib.load_mnist(config.data_source, path=config.data_path)
     labelled_indices = {s: data_lib.balanced_subset(train.KeyStreams.from_seed(s).data, mnist.train.labels,
                                                     config.num_labels // 10) for s in config.seeds}
     test_x = jnp.asarray(data_lib.test_targets(mnist.test.images, "dynamic"))
     if config.m1:
       train_x = jnp.asarray(data_lib.test_targets(mnist.train.images, "dynamic"))
-      m1, train_inputs, test_inputs, m1_units = load_m1(config.m1, train_x, test_x, config.m1_units)
+      m1, train_inputs, test_inputs, m1_units = load_m1(config.m1, train_x, test_x, config.m1_units, m1_read)
     else:
       train_inputs, test_inputs = jnp.asarray(mnist.train.images), test_x
     num_unlabelled = len(mnist.train.labels) - config.num_labels
     if config.batch_size > num_unlabelled:
       raise ConfigError(f"batch_size {config.batch_size} exceeds the {num_unlabelled} unlabelled training images")
     wd.open(overwrite)
-    workdir_lib.write_json(wd.path / "config.json", _settings(config))
+    workdir_lib.write_json(wd.path / "config.json", settings)
     model = build_model(config, int(test_inputs.shape[-1]))
     optimizer = optax.adam(config.learning_rate)
     labelled_fraction = config.num_labels / len(mnist.train.labels)
@@ -178,6 +207,11 @@ def run_study(config: SemisupervisedConfig, outdir, overwrite: bool = False) -> 
     test_labels = np.asarray(mnist.test.labels)
     test_error = lambda params: float(np.mean(np.asarray(conditional.predict(model, params, test_inputs)) != test_labels))
     errors, first_params = {}, None
+    # What each run trains on: the pixels, and for M1+M2 the codes of this M1 (its fingerprint and units).
+    train_fingerprint = data_lib.fingerprint(mnist.train)
+    if config.m1:
+      codes = f"{train_fingerprint}:{m1_fingerprint}:{[int(u) for u in m1_units]}"
+      train_fingerprint = hashlib.sha256(codes.encode()).hexdigest()[:16]
     for seed in config.seeds:
       keys = train.KeyStreams.from_seed(seed)
       chosen = labelled_indices[seed]
@@ -200,7 +234,7 @@ def run_study(config: SemisupervisedConfig, outdir, overwrite: bool = False) -> 
         return text + (f"  test error {100 * r['test_error']:.2f}%" if "test_error" in r else "")
 
       with workdir_lib.Workdir(wd.path / f"seed={seed}", RUN_KIND, workdir_lib.RUN_OUTPUTS, flag="--outdir",
-                               config={**_settings(config), "seed": seed}, resumable=RESUMABLE + ("seed",),
+                               config={**settings, "seed": seed}, resumable=RESUMABLE + IDENTITY + ("seed",),
                                marker_fields={"model": checkpoints.model_spec(model)}) as run_dir:
         final = loop.fit(
             run_dir, state=train.init_state(
@@ -212,7 +246,7 @@ def run_study(config: SemisupervisedConfig, outdir, overwrite: bool = False) -> 
             summary=summary, final_summary=lambda f: f"{config.name} seed {f['seed']}: test error "
                                                      f"{100 * f['test_error']:.2f}%",
             checkpoint_every=config.checkpoint_every,
-            data_fingerprint=data_lib.fingerprint(mnist.train))[0]
+            data_fingerprint=train_fingerprint)[0]
       errors[seed] = final["test_error"]
       if first_params is None:
         first_params = checkpoints.load_model(wd.path / f"seed={seed}")[1]

@@ -316,6 +316,10 @@ def train_and_evaluate(config: SequenceConfig, workdir, overwrite: bool = False)
     optimizer = optax.chain(optax.clip_by_global_norm(config.clip_norm), adam) if config.clip_norm else adam
     keys = train.KeyStreams.from_seed(config.seed)
     state = train.init_state(sequence.init_params(model, keys.init, jnp.asarray(data.test[0])), optimizer)
+    outputs = max(model.vocab_size, model.row_dim)  # the decoder's outputs per position
+    evaluate.check_iwae_memory(model, state.params, jax.ShapeDtypeStruct(data.test.shape[1:], data.test.dtype),
+                               config.iwae_samples, config.eval_batch_size, config.iwae_chunk_size, len(data.test),
+                               per_sample_floats=data.test.shape[1] * (3 * outputs + 8 * model.hidden_dim))
     kl_schedule = config.kl_schedule(steps_per_epoch)
     epoch_fn = train.make_epoch(make_loss(model, kl_schedule, config.word_dropout, config.data == "mnist_rows"),
                                 optimizer, config.batch_size, config.nonfinite_policy)

@@ -19,14 +19,17 @@ into int32 arrays [N, T] of ids, each row the words, `EOS`, then `PAD`.
 
 import collections
 import dataclasses
+import os
 import pathlib
 import re
 
 import numpy as np
 
+from jaxvae import workdir as workdir_lib
 from jaxvae.errors import ConfigError, DataError
 from jaxvae.sequence import BOS, EOS, PAD, UNK
 
+MAX_TEXT_BYTES = 1 << 30  # a corpus read whole into memory: larger files are refused, not read
 SPECIALS = ("<pad>", "<s>", "</s>", "<unk>")  # ids PAD, BOS, EOS, UNK
 WORDNET_DIR = pathlib.Path("/usr/share/wordnet")
 WORDNET_FILES = ("data.noun", "data.verb", "data.adj", "data.adv")
@@ -52,7 +55,8 @@ def wordnet_examples(directory=WORDNET_DIR) -> list[list[str]]:
                     "with `apt-get install wordnet-base`, or pass their directory as --text_path")
   seen, sentences = set(), []
   for name in WORDNET_FILES:
-    for line in (directory / name).read_text(encoding="latin-1").splitlines():
+    data = workdir_lib.read_bytes(directory / name, "WordNet data file", MAX_TEXT_BYTES, error=DataError)
+    for line in data.decode("latin-1").splitlines():
       if line.startswith("  ") or " | " not in line:  # the licence header; entries without a gloss
         continue
       for example in _EXAMPLE.findall(line.split(" | ", 1)[1]):
@@ -68,10 +72,10 @@ def wordnet_examples(directory=WORDNET_DIR) -> list[list[str]]:
 def read_lines(path) -> list[list[str]]:
   """The sentences of a one-sentence-per-line file, split on whitespace; blank lines skipped."""
   path = pathlib.Path(path)
+  if not os.path.lexists(path):
+    raise DataError(f"{path}: no such file")
   try:
-    text = path.read_bytes().decode("utf-8")
-  except FileNotFoundError:
-    raise DataError(f"{path}: no such file") from None
+    text = workdir_lib.read_bytes(path, "text file", MAX_TEXT_BYTES, error=DataError).decode("utf-8")
   except UnicodeDecodeError as e:
     raise DataError(f"{path}: not UTF-8 text (byte {e.start})") from None
   sentences = [line.split() for line in text.splitlines() if line.strip()]

@@ -183,14 +183,16 @@ def test_a_model_loads_whatever_the_optimizer_becomes(tiny_npz, tmp_path, monkey
     np.testing.assert_array_equal(a, b)
 
 
-def test_a_workdir_of_the_earlier_format_loads_and_resumes(tiny_npz, tmp_path):
-  """A run from before the marker: config.json and checkpoints holding one `state` item."""
+def test_checkpoints_of_the_earlier_format_load_and_resume(tiny_npz, tmp_path):
+  """A marked run whose checkpoints hold one `state` item (params, optimizer state and step together)."""
   config = jaxvae.Config(latent_dim=2, hidden_dim=16, num_epochs=1, batch_size=64, eval_iwae_samples=0,
                          data_source="npz", data_path=str(tiny_npz))
   workdir = tmp_path / "old"
   workdir.mkdir()
   (workdir / "config.json").write_text(config.to_json())
   model = jaxvae.build_model(config)
+  jaxvae.workdir.write_json(workdir / "jaxvae.json", {"kind": "vae", "format": 2, "num_replicas": 1,
+                                                      "model": jaxvae.checkpoints.model_spec(model)})
   state = jaxvae.create_train_state(model, jaxvae.make_optimizer(config, 8), jaxvae.KeyStreams.from_seed(0).init)
   handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
   with ocp.CheckpointManager(workdir.absolute() / "checkpoints", item_handlers=handlers) as mngr:
@@ -334,11 +336,12 @@ def test_ctrl_c_before_the_first_epoch_is_one_line_and_loses_nothing(tiny_npz, t
 
 
 def test_summarize_refuses_a_bad_x_before_writing_anything(tmp_path):
-  from tests.test_sweep import final, write_run  # pylint: disable=g-import-not-at-top
+  from tests.test_sweep import final, mark_sweep, write_run  # pylint: disable=g-import-not-at-top
 
   sweep = tmp_path / "sweep"
   for dim in (2, 3):
     write_run(sweep / f"latent_dim={dim}", final(100.0 - dim, 5.0), latent_dim=dim)
+  mark_sweep(sweep)
   proc = run_cli(str(sweep), "--x=no_such_setting", check=False, module="experiments.summarize")
   assert proc.returncode != 0 and proc.stderr.strip().splitlines()[-1].startswith("error: --x=no_such_setting")
   assert not list(sweep.glob("results.*"))
@@ -394,15 +397,13 @@ def test_studies_and_earlier_runs_of_other_families_are_never_overwritten(tiny_n
     (cvae_like / name).write_text(text)
   assert_refused([f"--outdir={cvae_like}", "--vae=nowhere", "--ae=nowhere"], "holds no jaxvae latent-space study",
                  cvae_like, module="experiments.latent_space")
-  # A classifier from before the marker is kept unless --overwrite replaces it.
+  # A directory without a marker is nobody's to delete, whatever its files are called, --overwrite or not.
   old = tmp_path / "classifier"
   old.mkdir()
   (old / "metrics.json").write_text('{"test_accuracy": 0.9}')
-  assert_refused([f"--workdir={old}", NPZ, f"--data_path={tiny_npz}"], "from an earlier jaxvae", old,
-                 module="experiments.classifier")
-  run_cli(f"--workdir={old}", "--num_epochs=1", "--overwrite", NPZ, f"--data_path={tiny_npz}",
-          module="experiments.classifier")
-  assert not (old / "metrics.json").exists() and jaxvae.read_metrics(old / "metrics.jsonl")[-1]["final"]
+  for extra in ([], ["--overwrite"]):
+    assert_refused([f"--workdir={old}", NPZ, f"--data_path={tiny_npz}", *extra], "holds no jaxvae classifier run",
+                   old, module="experiments.classifier")
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped exception

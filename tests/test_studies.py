@@ -18,6 +18,8 @@ TINY = dict(latent_dim=2, hidden_dim=32, batch_size=64, num_epochs=3, eval_iwae_
 def studies(tiny_npz, tmp_path_factory):
   """A VAE and an AE trained with digit 3 left out, and a classifier, in one directory."""
   root = tmp_path_factory.mktemp("studies")
+  (root / "sweep").mkdir()
+  jaxvae.workdir.write_json(root / "sweep" / "jaxvae.json", {"kind": "sweep", "format": 2})  # as launch.sh marks it
   finals = {}
   for model in ("vae", "ae"):
     config = jaxvae.Config(model=model, exclude_digit=3, data_path=str(tiny_npz), **TINY)
@@ -112,7 +114,7 @@ def test_latent_space_study_refuses_bad_input(studies, tiny_npz, tmp_path, probl
   else:
     outdir.mkdir()
     (outdir / "notes.txt").write_text("mine")
-    expected = f"error: --outdir={outdir} is not empty and holds no jaxvae latent-space study run"
+    expected = f"error: --outdir={outdir} is not empty and holds no jaxvae latent-space study run (no jaxvae.json"
   before = sorted(p.name for p in outdir.iterdir()) if outdir.exists() else None
   proc = run_cli(f"--vae={vae}", f"--ae={ae}", f"--classifier={root / 'classifier'}", f"--outdir={outdir}",
                  "--data_source=npz", f"--data_path={tiny_npz}", check=False, module="experiments.latent_space")

@@ -129,9 +129,16 @@ def test_sweep_killed_and_relaunched_runs_only_what_is_missing(tiny_npz, tmp_pat
   assert (tmp_path / "runs/k/results.png").stat().st_size > 1000
 
 
-def write_run(directory, metrics_list=None, **config):
-  """A fake finished (or, with an unfinished metrics list, incomplete) run."""
+def mark_sweep(directory):
+  """Marks `directory` as a sweep's, as launch.sh does."""
+  directory.mkdir(parents=True, exist_ok=True)
+  jaxvae.workdir.write_json(directory / "jaxvae.json", {"kind": "sweep", "format": 2})
+
+
+def write_run(directory, metrics_list=None, marker=None, **config):
+  """A fake finished (or, with an unfinished metrics list, incomplete) run, marked as a VAE run."""
   directory.mkdir(parents=True)
+  jaxvae.workdir.write_json(directory / "jaxvae.json", marker or {"kind": "vae", "format": 2})
   (directory / "config.json").write_text(jaxvae.Config(**config).to_json())
   (directory / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in metrics_list))
 
@@ -143,6 +150,7 @@ def final(nll, kl, epochs=10):
 
 
 def test_summary_shows_h1_active_units_when_a_two_layer_run_has_them(tmp_path):
+  mark_sweep(tmp_path)
   write_run(tmp_path / "stochastic_layers=1", final(90.0, 20.0), stochastic_layers=1)
   two = final(88.0, 24.0)
   two[-1]["h1_active_units"] = 30
@@ -154,14 +162,16 @@ def test_summary_shows_h1_active_units_when_a_two_layer_run_has_them(tmp_path):
 
 
 def test_summary_aggregates_seeds_and_lists_incomplete_runs(tmp_path):
+  mark_sweep(tmp_path)
   for latent, seed, nll in [(2, 0, 130.0), (2, 1, 132.0), (2, 2, 134.0), (20, 0, 100.0)]:
     write_run(tmp_path / f"latent_dim={latent},seed={seed}", final(nll, latent + seed), latent_dim=latent, seed=seed)
   write_run(tmp_path / "latent_dim=20,seed=1", [{"epoch": 3, "train_neg_elbo": 1.0}], latent_dim=20, seed=1)
   # An ensemble: its workdir stands for the replicas in seed=<s>/.
-  (tmp_path / "latent_dim=5").mkdir()
-  (tmp_path / "latent_dim=5/config.json").write_text(jaxvae.Config(latent_dim=5, num_replicas=2).to_json())
-  for seed, nll in [(0, 110.0), (1, 112.0)]:
-    write_run(tmp_path / f"latent_dim=5/seed={seed}", final(nll, 7.0), latent_dim=5, seed=seed)
+  write_run(tmp_path / "latent_dim=5", [], {"kind": "vae", "format": 2, "num_replicas": 2}, latent_dim=5,
+            num_replicas=2)
+  for index, (seed, nll) in enumerate([(0, 110.0), (1, 112.0)]):
+    write_run(tmp_path / f"latent_dim=5/seed={seed}", final(nll, 7.0), {"kind": "replica", "format": 2, "index": index},
+              latent_dim=5, seed=seed)
 
   report = summarize.summarize(tmp_path)
   lines = report.splitlines()
@@ -180,6 +190,7 @@ def test_summary_aggregates_seeds_and_lists_incomplete_runs(tmp_path):
 
 
 def test_summary_of_nothing_is_one_error_line(tmp_path):
+  mark_sweep(tmp_path)
   proc = subprocess.run([sys.executable, "-m", "experiments.summarize", str(tmp_path)], cwd=ROOT,
                         capture_output=True, text=True)
   assert proc.returncode == 1 and proc.stderr.strip() == f"error: {tmp_path} holds no jaxvae runs (no config.json below it)"

@@ -112,7 +112,7 @@ def test_output_bias_starts_at_the_logit_of_the_mean_pixel():
     (dict(train_objective="iwae", free_bits=0.5), "the iwae objective has none"),
     (dict(train_samples=0), "train_samples must be positive"),
     (dict(beta=-1.0), "beta must be >= 0"),
-    (dict(adam_eps=0.0), "adam_eps must be positive"),
+    (dict(adam_eps=0.0), "adam_eps must be a finite positive number"),
     (dict(lr_schedule="cosine"), "lr_schedule must be one of constant, iwae"),
     (dict(output_bias="mean"), "output_bias must be one of init, data_mean"),
 ])

@@ -13,7 +13,8 @@ Each regime measures, interleaved epoch by epoch so that every method sees the s
 load, the median images/s of:
   compiled_epoch  jaxvae's epoch: one jitted `lax.scan` over device-resident data;
   jitted_steps    a Python loop of jitted steps fed host batches (the common pattern; vae_b128);
-  pytorch         the same model, loss and optimizer in PyTorch (if torch is installed);
+  pytorch         the same model, loss and optimizer in PyTorch (if torch is installed; on the GPU,
+                  data there too, when JAX runs on one);
   roofline        the float32 matmuls of the same shapes alone, forward and backward;
   matmuls_adam    roofline with Adam's update of the weights in place of the plain step: the
                   bound, what compiled_epoch would reach if the rest of its step were free;
@@ -82,11 +83,12 @@ def layer_widths(config: jaxvae.Config, data_dim: int) -> tuple[tuple[int, ...],
   return (data_dim, *hidden, 2 * config.latent_dim), (config.latent_dim, *hidden, data_dim)
 
 
-def compiled_epoch_runner(config, images, optimizer=None, num_replicas=0):
-  """jaxvae's compiled epoch of `config` (its model, optimizer and binarization) on `images`."""
+def compiled_epoch_runner(config, images, optimizer=None, num_replicas=0, model=None):
+  """jaxvae's compiled epoch of `config` (its model, optimizer and binarization) on `images`;
+  `model` in place of the one `config` builds (e.g. with `matmul_dtype`)."""
   mesh = jaxvae.train.data_mesh()
   ensemble = num_replicas > 0
-  model = jaxvae.build_model(config)
+  model = jaxvae.build_model(config) if model is None else model
   optimizer = optimizer or jaxvae.train.make_optimizer(config, len(images) // config.batch_size)
   keys = jaxvae.KeyStreams.from_seeds(range(num_replicas)) if ensemble else jaxvae.KeyStreams.from_seed(0)
   bias = jaxvae.models.data_mean_bias(images) if config.output_bias == "data_mean" else None
@@ -103,8 +105,9 @@ def compiled_epoch_runner(config, images, optimizer=None, num_replicas=0):
   return run
 
 
-def jitted_steps_runner(config, images):
-  model = jaxvae.build_model(config)
+def jitted_steps_runner(config, images, model=None):
+  """A Python loop of jaxvae's jitted step over host batches of a fresh permutation each epoch."""
+  model = jaxvae.build_model(config) if model is None else model
   optimizer = jaxvae.train.make_optimizer(config, len(images) // config.batch_size)
   keys = jaxvae.KeyStreams.from_seed(0)
   state = jaxvae.create_train_state(model, optimizer, keys.init)
@@ -124,10 +127,17 @@ def jitted_steps_runner(config, images):
   return run
 
 
-def roofline_runner(images, batch_size, encoder_dims, decoder_dims, optimizer=None):
+def roofline_runner(images, batch_size, encoder_dims, decoder_dims, optimizer=None, matmul_dtype=None):
   """The matmuls of one training step of an MLP VAE with layer widths `encoder_dims` (D, ..., 2L)
   and `decoder_dims` (L, ..., D): forward, and backward without the input gradient; then a plain
-  gradient step on the weights, or with `optimizer` its update of the weights."""
+  gradient step on the weights, or with `optimizer` its update of the weights. `matmul_dtype`
+  (e.g. "bfloat16"): every matmul's operands in that dtype, accumulated in float32, as
+  `jaxvae.models.bf16_matmul`."""
+  if matmul_dtype is None:
+    matmul = lambda a, b: a @ b
+  else:
+    matmul = lambda a, b: jnp.matmul(a.astype(matmul_dtype), b.astype(matmul_dtype),
+                                     preferred_element_type=jnp.float32)
   latent_dim = decoder_dims[0]
   shapes = [*zip(encoder_dims[:-1], encoder_dims[1:]), *zip(decoder_dims[:-1], decoder_dims[1:])]
   num_encoder = len(encoder_dims) - 1
@@ -143,14 +153,14 @@ def roofline_runner(images, batch_size, encoder_dims, decoder_dims, optimizer=No
       x = jax.lax.dynamic_slice_in_dim(images, i * batch_size, batch_size).astype(jnp.float32)
       inputs = [x]  # the input of every layer
       for j, wj in enumerate(w[:-1]):
-        out = inputs[-1] @ wj
+        out = matmul(inputs[-1], wj)
         inputs.append(out[:, :latent_dim] if j == num_encoder - 1 else out)
-      g = inputs[-1] @ w[-1]  # the output stands in for its gradient
+      g = matmul(inputs[-1], w[-1])  # the output stands in for its gradient
       grads = [None] * len(w)
       for j in reversed(range(len(w))):
-        grads[j] = inputs[j].T @ g
+        grads[j] = matmul(inputs[j].T, g)
         if j:
-          g = g @ w[j].T
+          g = matmul(g, w[j].T)
           if j == num_encoder:
             g = jnp.concatenate([g, g], axis=1)  # the gradient of mean and logvar
       if optimizer is None:
@@ -169,10 +179,21 @@ def roofline_runner(images, batch_size, encoder_dims, decoder_dims, optimizer=No
   return run
 
 
-def torch_runner(config, images, one_core):
+def torch_device() -> str:
+  """Where the PyTorch baseline runs: "cuda" when JAX runs on a GPU and PyTorch sees one, else "cpu"."""
+  import torch  # pylint: disable=g-import-not-at-top
+
+  return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+
+
+def torch_runner(config, images, one_core, device="cpu"):
   """The PyTorch VAE example (Linear layers, mean and log-variance heads; BCE sum + KLD; Adam) with
   `config`'s widths, activation, Adam eps and output biases; dynamic binarization draws
-  `torch.bernoulli` targets per batch."""
+  `torch.bernoulli` targets per batch.
+
+  On "cpu" it feeds batches through a DataLoader, as the example does. On "cuda" the data and
+  model live on the GPU: each epoch shuffles with `torch.randperm` there and slices batches, and the
+  loss is summed on the device, so no step waits for the host (the epoch ends with one sync)."""
   import torch  # pylint: disable=g-import-not-at-top
   from torch import nn  # pylint: disable=g-import-not-at-top
   from torch.nn import functional as F  # pylint: disable=g-import-not-at-top
@@ -210,27 +231,70 @@ def torch_runner(config, images, one_core):
   if config.output_bias == "data_mean":
     with torch.no_grad():
       model.fc_out.bias.copy_(torch.from_numpy(np.array(jaxvae.models.data_mean_bias(images))))
+  if device != "cpu":
+    model, pixels = model.to(device), pixels.to(device)
   optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, eps=config.adam_eps)
-  loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(pixels), batch_size=config.batch_size,
-                                       shuffle=True, drop_last=True)
+  if device == "cpu":
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(pixels), batch_size=config.batch_size,
+                                         shuffle=True, drop_last=True)
+  else:
+    num_batches = len(pixels) // config.batch_size
+
+    def loader_on_device():
+      perm = torch.randperm(len(pixels), device=device)
+      for i in range(num_batches):
+        yield (pixels[perm[i * config.batch_size : (i + 1) * config.batch_size]],)
+
+  def step(x):
+    if config.binarization == "dynamic":
+      x = torch.bernoulli(x)
+    optimizer.zero_grad()
+    recon, mu, logvar = model(x)
+    bce = F.binary_cross_entropy(recon, x, reduction="sum")
+    kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+    loss = (bce + kld) / len(x)
+    loss.backward()
+    optimizer.step()
+    return loss
 
   def run(_):
     model.train()
-    total = 0.0
-    for (x,) in loader:
-      if config.binarization == "dynamic":
-        x = torch.bernoulli(x)
-      optimizer.zero_grad()
-      recon, mu, logvar = model(x)
-      bce = F.binary_cross_entropy(recon, x, reduction="sum")
-      kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
-      loss = (bce + kld) / len(x)
-      loss.backward()
-      optimizer.step()
-      total += loss.item()
-    return total / len(loader)
+    if device == "cpu":
+      total = 0.0
+      for (x,) in loader:
+        total += step(x).item()
+      return total / len(loader)
+    total = torch.zeros((), device=device)
+    for (x,) in loader_on_device():
+      total += step(x).detach()
+    return total.item() / num_batches  # .item() waits for the epoch's last kernel
 
   return run
+
+
+def time_methods(runners: dict, num_epochs: int, images_per_epoch: int, models_trained: dict | None = None,
+                 deadline: float | None = None) -> tuple[dict[str, list[float]], dict[str, float]]:
+  """Runs every runner once to warm up (compilation), then `num_epochs` rounds of one epoch each,
+  interleaved so that every method sees the same machine load. Returns each method's images/s per
+  round (`models_trained[name]` models' images for an ensemble) and the loss of its last epoch.
+  Past `deadline` (a `time.perf_counter()` value) no further round starts once one is timed."""
+  models_trained = models_trained or {}
+  rates = {name: [] for name in runners}
+  losses = {}
+  for epoch in range(num_epochs + 1):  # epoch 0 warms up (compilation)
+    if epoch > 1 and deadline is not None and time.perf_counter() > deadline:
+      break
+    for name, run in runners.items():
+      start = time.perf_counter()
+      losses[name] = run(epoch)
+      if epoch:
+        rates[name].append(models_trained.get(name, 1) * images_per_epoch / (time.perf_counter() - start))
+  return rates, losses
+
+
+def round_ratios(rates: dict[str, list[float]], a: str, b: str) -> np.ndarray:
+  """a's images/s over b's in each round: neighbours in time, so a drifting machine speed cancels."""
+  return np.asarray(rates[a]) / np.asarray(rates[b])
 
 
 def measure(reg: Regime, images) -> dict[str, float]:
@@ -255,22 +319,14 @@ def measure(reg: Regime, images) -> dict[str, float]:
       runners[ensemble] = compiled_epoch_runner(config, images, num_replicas=_NUM_REPLICAS.value)
   if _TORCH.value:
     try:
-      runners["pytorch"] = torch_runner(config, images, reg.one_core)
+      runners["pytorch"] = torch_runner(config, images, reg.one_core, torch_device())
     except ImportError:
       print("torch not installed: skipping the PyTorch baseline (pip install torch)")
   images_per_epoch = (len(images) // config.batch_size) * config.batch_size
-  rates = {name: [] for name in runners}
-  losses = {}
   print(f"== {reg.name}: {reg.description}")
   print(f"jax {jax.__version__} on {jax.device_count()} x {jax.devices()[0].device_kind}; "
         f"{images_per_epoch} images/epoch")
-  for epoch in range(_NUM_EPOCHS.value + 1):  # epoch 0 warms up (compilation)
-    for name, run in runners.items():
-      start = time.perf_counter()
-      losses[name] = run(epoch)
-      if epoch:
-        models_trained = _NUM_REPLICAS.value if name == ensemble else 1
-        rates[name].append(models_trained * images_per_epoch / (time.perf_counter() - start))
+  rates, losses = time_methods(runners, _NUM_EPOCHS.value, images_per_epoch, {ensemble: _NUM_REPLICAS.value})
   medians = {name: float(np.median(r)) for name, r in rates.items()}
   print(f"{'method':<16}{'images/s (median)':>18}{'min':>10}{'max':>10}{'last train -ELBO':>18}")
   for name, r in rates.items():
@@ -279,7 +335,7 @@ def measure(reg: Regime, images) -> dict[str, float]:
   def ratio(a, b, percent=False):
     """Median over rounds of a's rate / b's in the same round (neighbours in time, so a drifting
     machine speed cancels), with the range over rounds."""
-    r = np.asarray(rates[a]) / np.asarray(rates[b])
+    r = round_ratios(rates, a, b)
     fmt = (lambda v: f"{v:.0%}") if percent else (lambda v: f"{v:.2f}x")
     return f"{fmt(np.median(r))} (rounds {fmt(r.min())}-{fmt(r.max())})"
 

@@ -9,6 +9,7 @@ two depths of the latent hierarchy: `VAE` (one stochastic layer) and
 `TwoLayerVAE` (Burda et al. 2015's two stochastic layers).
 """
 
+import functools
 from typing import Callable
 
 import flax
@@ -28,6 +29,12 @@ OUTPUT_BIASES = ("init", "data_mean")
 # (28 -> 14 -> 7, 32 and 64 channels) before the Dense layers of the encoder, mirrored by
 # transposed convolutions after those of the decoder.
 ARCHITECTURES = ("mlp", "conv")
+# The `matmul_dtype` of the models: None keeps float32 throughout; "bfloat16" rounds the operands
+# of the matmuls (Dense layers forward and backward, convolutions forward) to bfloat16, which
+# accumulate in float32, while params, activations, biases, the loss and the optimizer stay float32
+# (`matmul_options`, `bf16_matmul`). On GPUs and TPUs bfloat16 matmuls run on the tensor cores at
+# several times the float32 rate; on CPUs they are slower.
+MATMUL_DTYPES = ("bfloat16",)
 MNIST_SHAPE = (28, 28, 1)
 MNIST_DIM = 28 * 28
 
@@ -39,15 +46,79 @@ def get_activation(name: str) -> Callable[[jax.Array], jax.Array]:
   return getattr(jax.nn, name)
 
 
-def dense(features: int, fan_in: int, weight_init: str, name: str) -> nn.Dense:
-  """A Dense layer initialised by the scheme `weight_init` (one of `WEIGHT_INITS`)."""
+def _matmul(x: jax.Array, w: jax.Array, out_dtype) -> jax.Array:
+  """x [..., K] @ w [K, N] as one dot_general, its result in `out_dtype`."""
+  return jax.lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())), preferred_element_type=out_dtype)
+
+
+@jax.custom_jvp
+def bf16_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+  """x [..., K] @ w [K, N] with both operands rounded to bfloat16, the products accumulated and
+  returned in float32.
+
+  Its gradient's two matmuls take bfloat16 operands too (the cotangent rounded to bfloat16), so
+  all three matmuls of a Dense layer's training step run as bfloat16 GEMMs, which accumulate in
+  float32 (on GPUs and TPUs) and return the gradients rounded to bfloat16. The rule is a JVP, not a
+  VJP: JAX transposes it, so under `vmap` over examples the weight gradient stays one matmul over
+  the batch instead of per-example outer products. Plain `preferred_element_type=float32` would
+  be transposed into float32 matmuls.
+  """
+  return _matmul(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), jnp.float32)
+
+
+def _bf16_matmul_jvp(primals, tangents):
+  x, w = primals
+  x_dot, w_dot = tangents
+  x16, w16 = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
+  y_dot = jnp.zeros((*x.shape[:-1], w.shape[-1]), jnp.float32)
+  # bfloat16 results: their transposes then take bfloat16 cotangents (a float32 one would make
+  # JAX upcast the other operand and run the gradient matmuls in float32).
+  if not isinstance(x_dot, jax.custom_derivatives.SymbolicZero):  # e.g. the data: no gradient needed
+    y_dot = y_dot + _matmul(x_dot.astype(jnp.bfloat16), w16, jnp.bfloat16).astype(jnp.float32)
+  if not isinstance(w_dot, jax.custom_derivatives.SymbolicZero):
+    y_dot = y_dot + _matmul(x16, w_dot.astype(jnp.bfloat16), jnp.bfloat16).astype(jnp.float32)
+  return _matmul(x16, w16, jnp.float32), y_dot
+
+
+bf16_matmul.defjvp(_bf16_matmul_jvp, symbolic_zeros=True)
+
+
+def _bf16_dense_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+  """nn.Dense's `dot_general` (contract the last axis of the inputs with the first of the kernel)
+  as `bf16_matmul`."""
+  del precision, preferred_element_type
+  if tuple(map(tuple, dimension_numbers[0])) != ((lhs.ndim - 1,), (0,)) or any(dimension_numbers[1]):
+    raise ValueError(f"bf16_matmul contracts inputs [..., K] with a kernel [K, N]; got {dimension_numbers}")
+  return bf16_matmul(lhs, rhs)
+
+
+def matmul_options(matmul_dtype: str | None, conv: bool = False) -> dict:
+  """Keyword arguments of nn.Dense (or with `conv`, nn.Conv) for matmuls in `matmul_dtype` (see
+  `MATMUL_DTYPES`); none at all for None, so the default layers are built exactly as before the
+  option existed. "bfloat16": a Dense layer keeps float32 params, inputs and outputs and runs
+  `bf16_matmul`; a convolution takes bfloat16 inputs, kernel and bias and accumulates and returns
+  float32 (its gradient convolutions, as JAX transposes them, in float32)."""
+  if matmul_dtype is None:
+    return {}
+  if matmul_dtype not in MATMUL_DTYPES:
+    raise ValueError(f"unknown matmul_dtype {matmul_dtype!r}; choose None or one of {', '.join(MATMUL_DTYPES)}")
+  if not conv:
+    return {"dot_general": _bf16_dense_dot_general}
+  return {"dtype": jnp.bfloat16, "param_dtype": jnp.float32,
+          "conv_general_dilated": functools.partial(jax.lax.conv_general_dilated, preferred_element_type=jnp.float32)}
+
+
+def dense(features: int, fan_in: int, weight_init: str, name: str, matmul_dtype: str | None = None) -> nn.Dense:
+  """A Dense layer initialised by the scheme `weight_init` (one of `WEIGHT_INITS`), its matmul in
+  `matmul_dtype` (see `matmul_options`)."""
+  options = matmul_options(matmul_dtype)
   if weight_init == "lecun_normal":
-    return nn.Dense(features, name=name)
+    return nn.Dense(features, name=name, **options)
   if weight_init != "uniform":
     raise ValueError(f"unknown weight_init {weight_init!r}; choose one of {', '.join(WEIGHT_INITS)}")
   bound = fan_in**-0.5
   uniform = lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
-  return nn.Dense(features, kernel_init=uniform, bias_init=uniform, name=name)
+  return nn.Dense(features, kernel_init=uniform, bias_init=uniform, name=name, **options)
 
 
 class MLP(nn.Module):
@@ -58,13 +129,14 @@ class MLP(nn.Module):
   output_dim: int
   activation: str = "relu"
   weight_init: str = "uniform"
+  matmul_dtype: str | None = None  # see MATMUL_DTYPES
 
   @nn.compact
   def __call__(self, h: jax.Array) -> jax.Array:
     act = get_activation(self.activation)
     for i in range(self.num_layers):
-      h = act(dense(self.hidden_dim, h.shape[-1], self.weight_init, f"hidden_{i}")(h))
-    return dense(self.output_dim, h.shape[-1], self.weight_init, "out")(h)
+      h = act(dense(self.hidden_dim, h.shape[-1], self.weight_init, f"hidden_{i}", self.matmul_dtype)(h))
+    return dense(self.output_dim, h.shape[-1], self.weight_init, "out", self.matmul_dtype)(h)
 
 
 CONV_CHANNELS = (32, 64)
@@ -90,6 +162,7 @@ class Encoder(nn.Module):
   activation: str = "relu"
   weight_init: str = "uniform"
   architecture: str = "mlp"
+  matmul_dtype: str | None = None  # see MATMUL_DTYPES
 
   @nn.compact
   def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -98,9 +171,11 @@ class Encoder(nn.Module):
       act = get_activation(self.activation)
       h = x.reshape(*x.shape[:-1], *MNIST_SHAPE)
       for i, channels in enumerate(CONV_CHANNELS):
-        h = act(nn.Conv(channels, (4, 4), strides=2, name=f"conv_{i}")(h))
+        h = act(nn.Conv(channels, (4, 4), strides=2, name=f"conv_{i}",
+                        **matmul_options(self.matmul_dtype, conv=True))(h))
       x = h.reshape(*x.shape[:-1], -1)
-    out = MLP(self.hidden_dim, self.num_layers, 2 * self.latent_dim, self.activation, self.weight_init, name="mlp")(x)
+    out = MLP(self.hidden_dim, self.num_layers, 2 * self.latent_dim, self.activation, self.weight_init,
+              self.matmul_dtype, name="mlp")(x)
     mean, logvar = jnp.split(out, 2, axis=-1)
     return mean, logvar
 
@@ -118,20 +193,26 @@ class Decoder(nn.Module):
   activation: str = "relu"
   weight_init: str = "uniform"
   architecture: str = "mlp"
+  matmul_dtype: str | None = None  # see MATMUL_DTYPES
 
   @nn.compact
   def __call__(self, z: jax.Array) -> jax.Array:
     if self.architecture == "mlp":
-      return MLP(self.hidden_dim, self.num_layers, self.output_dim, self.activation, self.weight_init, name="mlp")(z)
+      return MLP(self.hidden_dim, self.num_layers, self.output_dim, self.activation, self.weight_init,
+                 self.matmul_dtype, name="mlp")(z)
     _check_architecture(self.architecture, self.output_dim)
     act = get_activation(self.activation)
     side = MNIST_SHAPE[0] // 2 ** len(CONV_CHANNELS)
     h = act(MLP(self.hidden_dim, self.num_layers, side * side * CONV_CHANNELS[-1], self.activation,
-                self.weight_init, name="mlp")(z))
+                self.weight_init, self.matmul_dtype, name="mlp")(z))
     h = h.reshape(*z.shape[:-1], side, side, CONV_CHANNELS[-1])
+    options = matmul_options(self.matmul_dtype, conv=True)
+    if options:  # ConvTranspose takes the accumulation type itself
+      options = {"dtype": options["dtype"], "param_dtype": options["param_dtype"],
+                 "preferred_element_type": jnp.float32}
     for i, channels in enumerate(CONV_CHANNELS[-2::-1]):
-      h = act(nn.ConvTranspose(channels, (4, 4), strides=(2, 2), name=f"deconv_{i}")(h))
-    h = nn.ConvTranspose(MNIST_SHAPE[-1], (4, 4), strides=(2, 2), use_bias=False, name="deconv_out")(h)
+      h = act(nn.ConvTranspose(channels, (4, 4), strides=(2, 2), name=f"deconv_{i}", **options)(h))
+    h = nn.ConvTranspose(MNIST_SHAPE[-1], (4, 4), strides=(2, 2), use_bias=False, name="deconv_out", **options)(h)
     return h.reshape(*z.shape[:-1], self.output_dim) + self.param("bias", nn.initializers.zeros, (self.output_dim,))
 
 
@@ -151,13 +232,14 @@ class VAE(nn.Module):
   activation: str = "relu"
   weight_init: str = "uniform"
   architecture: str = "mlp"
+  matmul_dtype: str | None = None  # see MATMUL_DTYPES; a saved spec without it loads as None
 
   def setup(self):
     _check_architecture(self.architecture, self.output_dim)
     self.encoder = Encoder(self.latent_dim, self.hidden_dim, self.num_layers, self.activation, self.weight_init,
-                           self.architecture)
+                           self.architecture, self.matmul_dtype)
     self.decoder = Decoder(self.output_dim, self.hidden_dim, self.num_layers, self.activation, self.weight_init,
-                           self.architecture)
+                           self.architecture, self.matmul_dtype)
 
   def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """x [..., D] in [0, 1] -> (mean, logvar), each [..., L]."""
@@ -197,16 +279,18 @@ class TwoLayerVAE(nn.Module):
   activation: str = "tanh"
   weight_init: str = "uniform"
   architecture: str = "mlp"
+  matmul_dtype: str | None = None  # see MATMUL_DTYPES; a saved spec without it loads as None
 
   def setup(self):
     _check_architecture(self.architecture, self.output_dim)
     self.encoder = Encoder(self.h1_dim, self.hidden_dim, self.num_layers, self.activation, self.weight_init,
-                           self.architecture)
+                           self.architecture, self.matmul_dtype)
     self.decoder = Decoder(self.output_dim, self.hidden_dim, self.num_layers, self.activation, self.weight_init,
-                           self.architecture)
+                           self.architecture, self.matmul_dtype)
     self.top_encoder = Encoder(self.latent_dim, self.top_hidden_dim, self.num_layers, self.activation,
-                               self.weight_init)
-    self.top_decoder = Encoder(self.h1_dim, self.top_hidden_dim, self.num_layers, self.activation, self.weight_init)
+                               self.weight_init, matmul_dtype=self.matmul_dtype)
+    self.top_decoder = Encoder(self.h1_dim, self.top_hidden_dim, self.num_layers, self.activation, self.weight_init,
+                               matmul_dtype=self.matmul_dtype)
 
   def encode_h1(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """q(h1 | x): x [..., D] -> (mean, logvar) [..., H1]."""

@@ -15,6 +15,7 @@ from jaxvae import loop
 from jaxvae import models
 from jaxvae import pictures
 from jaxvae import records
+from jaxvae import registry
 from jaxvae import report
 from jaxvae import run
 from jaxvae import semisupervised

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxvae import registry
 from jaxvae import train
 from jaxvae import workdir as workdir_lib
 from jaxvae.errors import CheckpointError
@@ -183,23 +184,29 @@ def model_spec(model) -> dict:
   return {"class": type(model).__name__, "fields": fields}
 
 
-def _families() -> dict:
-  """class name -> (module class, init(model, key) -> params)."""
-  from jaxvae import classifier, conditional, models, sequence  # pylint: disable=g-import-not-at-top
-
-  return {"VAE": (models.VAE, models.init_params), "TwoLayerVAE": (models.TwoLayerVAE, models.init_params),
-          "ConditionalVAE": (conditional.ConditionalVAE, conditional.init_params),
-          "M2": (conditional.M2, conditional.init_params), "Classifier": (classifier.Classifier, classifier.init_params),
-          "SequenceVAE": (sequence.SequenceVAE, sequence.init_params)}
-
-
-def module_from_spec(spec: dict, where: str = "model spec"):
-  """(model, init) from a `model_spec`; `CheckpointError` for an unknown or damaged spec."""
+def module_from_spec(spec: dict, where: str = "model spec", model=None):
+  """(model, init) from a `model_spec`: a class of jaxvae's own (`registry.MODULES`), or `model`,
+  the class (or an instance of it) the caller names; `init` is None for a class jaxvae does not
+  know. `CheckpointError` for an unknown class, another class than `model`, or damaged fields.
+  Nothing is imported or looked up by the name the spec holds but in the registry."""
+  name = spec.get("class")
+  if model is not None:
+    cls = model if isinstance(model, type) else type(model)
+    if name != cls.__name__:
+      raise CheckpointError(f"{where}: the model is a {str(name)[:80]!r}, not a {cls.__name__}")
+    known = registry.MODULES.get(name)
+    init = known[1] if known is not None and known[0] is cls else None
+    if not isinstance(model, type):
+      return model, init
+  elif name in registry.MODULES:
+    cls, init = registry.MODULES[name]
+  else:
+    raise CheckpointError(f"{where}: the model is a {str(name)[:80]!r}, a module class jaxvae does not know; "
+                          "name it in code: jaxvae.load_model(workdir, model=TheClass)")
   try:
-    cls, init = _families()[spec["class"]]
     return cls(**spec["fields"]), init
   except (KeyError, TypeError, ValueError) as e:
-    raise CheckpointError(f"{where}: not a model spec jaxvae knows ({type(e).__name__}: {e})") from None
+    raise CheckpointError(f"{where}: the fields of its {name} do not fit ({type(e).__name__}: {e})") from None
 
 
 def abstract_params(model, init, num_replicas: int = 1):
@@ -218,7 +225,8 @@ def abstract_params(model, init, num_replicas: int = 1):
 def restore_params(workdir, abstract, epoch: int | None = None):
   """The `params` item of the newest good checkpoint (or of `epoch`) in `workdir`, without the
   optimizer state; changes nothing on disk (a run may be training there). Checkpoints of the
-  earlier format are read whole, as stored, and their params returned."""
+  earlier format are read whole, as stored, and their params returned. `abstract` (shapes,
+  dtypes and placement) None: the params as stored, unchecked against a model."""
   workdir = pathlib.Path(workdir)
   if not (workdir / "checkpoints").is_dir():
     raise CheckpointError(f"{workdir}: no checkpoint")
@@ -230,17 +238,22 @@ def restore_params(workdir, abstract, epoch: int | None = None):
       where = f"checkpoint {mngr.directory}/{step}"
       try:
         stored = mngr.item_metadata(step)
-        if stored.get("params") is not None:
-          got = stored["params"]
-          params = lambda: mngr.restore(step, args=ocp.args.Composite(
-              params=ocp.args.StandardRestore(abstract))).params
-        else:  # earlier format: params out of the state item, read as stored (no optimizer is built)
-          got = dict(stored["state"])["params"]
-          params = lambda: jax.device_put(mngr.restore(step, args=ocp.args.Composite(
-              state=ocp.args.StandardRestore())).state["params"], jax.tree.map(lambda a: a.sharding, abstract))
-        if _shapes(abstract) != _shapes(jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), got)):
-          raise CheckpointError(f"{where} does not fit the model in {workdir / workdir_lib.MARKER}")
-        restored = params()
+        if abstract is None:  # a module jaxvae cannot initialise: the params as stored
+          item = "params" if stored.get("params") is not None else "state"
+          restored = getattr(mngr.restore(step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore()})), item)
+          restored = jax.tree.map(jnp.asarray, restored if item == "params" else restored["params"])
+        else:
+          if stored.get("params") is not None:
+            got = stored["params"]
+            params = lambda: mngr.restore(step, args=ocp.args.Composite(
+                params=ocp.args.StandardRestore(abstract))).params
+          else:  # earlier format: params out of the state item, read as stored (no optimizer is built)
+            got = dict(stored["state"])["params"]
+            params = lambda: jax.device_put(mngr.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore())).state["params"], jax.tree.map(lambda a: a.sharding, abstract))
+          if _shapes(abstract) != _shapes(jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), got)):
+            raise CheckpointError(f"{where} does not fit the model in {workdir / workdir_lib.MARKER}")
+          restored = params()
       except CheckpointError:
         raise
       except Exception as e:  # orbax raises many types for damaged files
@@ -264,12 +277,15 @@ def fingerprint(params) -> str:
   return digest.hexdigest()[:16]
 
 
-def load_model(workdir, epoch: int | None = None):
+def load_model(workdir, epoch: int | None = None, model=None):
   """Loads a trained model of any family (VAE, AE, two-layer, CVAE, M2, classifier, sequence VAE) from its workdir.
 
   Only the params are read (never the optimizer state), from the newest good
-  checkpoint. `workdir` must hold jaxvae's marker (jaxvae.json) with a model spec;
-  it may also be the `seed=<s>/` directory of one replica of an ensemble; the
+  checkpoint. `workdir` must hold jaxvae's marker (jaxvae.json) with a model spec.
+  A module class jaxvae does not know (a model of your own trained through `fit`)
+  is named in code: `load_model(workdir, model=MyVAE)` rebuilds `MyVAE(**fields)`
+  from the spec (or takes the instance passed) and returns its params as stored;
+  a marker never makes jaxvae import or run anything by name. `workdir` may also be the `seed=<s>/` directory of one replica of an ensemble; the
   ensemble's own workdir gives params with a leading replica axis (replica r:
   `jax.tree.map(lambda a: a[r], params)`). Nothing on disk changes.
 
@@ -296,14 +312,14 @@ def load_model(workdir, epoch: int | None = None):
     if index >= num_replicas:
       raise CheckpointError(f"{workdir / workdir_lib.MARKER}: replica index {index} is out of range (the ensemble "
                             f"in {parent} has {num_replicas} replicas)")
-    model, params, _ = load_model(parent, epoch)
+    model, params, _ = load_model(parent, epoch, model)
     config = config_lib.Config.from_json_file(workdir / "config.json")
     return model, jax.tree.map(lambda a: a[index], params), config
   if "model" not in marker:
     raise CheckpointError(f"{workdir} holds a jaxvae {marker['kind']} (no trained model)")
-  model, init = module_from_spec(marker["model"], str(workdir / workdir_lib.MARKER))
+  model, init = module_from_spec(marker["model"], str(workdir / workdir_lib.MARKER), model)
   num_replicas = marker.get("num_replicas", 1)
-  params = restore_params(workdir, abstract_params(model, init, num_replicas), epoch)
+  params = restore_params(workdir, None if init is None else abstract_params(model, init, num_replicas), epoch)
   settings = None
   if os.path.lexists(workdir / "config.json"):
     settings = workdir_lib.read_json_object(workdir / "config.json", "config", error=CheckpointError)

@@ -24,6 +24,7 @@ from jaxvae import models
 from jaxvae import records
 from jaxvae import train
 from jaxvae import workdir as workdir_lib
+from jaxvae import registry
 
 
 class Classifier(nn.Module):
@@ -142,3 +143,6 @@ def load_classifier(workdir, with_settings: bool = False):
     raise errors.CheckpointError(f"{workdir}: the classifier's training has not finished; run its command again")
   settings = finals[-1]
   return (model, params, settings) if with_settings else (model, params)
+
+
+registry.register(Classifier, init_params)

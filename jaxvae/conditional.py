@@ -28,6 +28,7 @@ import optax
 
 from jaxvae import distributions
 from jaxvae import models
+from jaxvae import registry
 from jaxvae.errors import CheckpointError
 from jaxvae.objectives import Elbo
 
@@ -269,3 +270,7 @@ def load_model(workdir) -> tuple[ConditionalVAE, dict]:
   if not isinstance(model, ConditionalVAE):
     raise CheckpointError(f"{workdir}: not a conditional model (it holds a {type(model).__name__})")
   return model, params
+
+
+registry.register(ConditionalVAE, init_params)
+registry.register(M2, init_params)

@@ -14,7 +14,6 @@ import numpy as np
 import optax
 from jax.scipy import stats
 
-from jaxvae import classifier
 from jaxvae import distributions
 from jaxvae import evaluate
 from jaxvae import objectives
@@ -312,44 +311,3 @@ def pca(x_NxD, num_components: int = 2) -> jax.Array:
   centered = jnp.asarray(x_NxD) - jnp.mean(x_NxD, axis=0)
   _, _, vt = jnp.linalg.svd(centered, full_matrices=False)
   return centered @ vt[:num_components].T
-
-
-def prior_sample_study(models, key, probs_fn, train_codes, num):
-  """Decoded prior samples of each model and the judge's verdict on them (`classifier.recognisability`).
-
-  `models`: {name: (model, params)}; for the "AE" also samples from a Gaussian fitted
-  to its training codes `train_codes[name]` [N, L]. `probs_fn(images) -> [N, 10]`.
-  Returns ({generator: recognisability}, {generator: 64 images [64, D]}).
-  """
-  z_key, fit_key = jax.random.split(key)
-  rows, pictures = {}, {}
-  for name, (model, params) in models.items():
-    z = jax.random.normal(z_key, (num, model.latent_dim))
-    generators = {f"{name}, z ~ N(0, I)": z}
-    if name == "AE":  # a fairer AE: a Gaussian fitted to its training codes
-      codes = train_codes[name]
-      mean, cov = codes.mean(axis=0), np.cov(codes, rowvar=False).reshape(model.latent_dim, model.latent_dim)
-      generators[f"{name}, z ~ Gaussian fitted to its codes"] = jax.random.multivariate_normal(
-          fit_key, jnp.asarray(mean), jnp.asarray(cov), (num,), method="svd")
-    for label, z in generators.items():
-      images = decode_means(model, params, z)
-      rows[label] = classifier.recognisability(probs_fn(images))
-      pictures[label] = np.asarray(images[:64])
-  return rows, pictures
-
-
-def path_smoothness(images_PxTxD, probs_fn) -> dict[str, float]:
-  """Pixel-space regularity of decoded paths [P, T, D].
-
-  length_ratio: path length over the endpoint distance (1 = a straight fade);
-  largest_step: the largest step's share of the path length (1 / (T - 1) when all
-  steps are equal, near 1 for a sudden jump); midpoint_confidence: the classifier's
-  mean top probability on the interior points (do they look like digits?).
-  """
-  steps_PxT = np.linalg.norm(np.diff(images_PxTxD, axis=1), axis=-1)
-  length_P = steps_PxT.sum(axis=1)
-  direct_P = np.linalg.norm(images_PxTxD[:, -1] - images_PxTxD[:, 0], axis=-1)
-  interior = images_PxTxD[:, 1:-1].reshape(-1, images_PxTxD.shape[-1])
-  return {"length_ratio": float(np.mean(length_P / np.maximum(direct_P, 1e-6))),
-          "largest_step": float(np.mean(steps_PxT.max(axis=1) / np.maximum(length_P, 1e-6))),
-          "midpoint_confidence": float(np.asarray(probs_fn(interior)).max(axis=1).mean())}

@@ -13,8 +13,8 @@ resumes from the last one: `workdir.Staged`):
   inpainting.png             per mask: masked input, VAE completion, AE completion, original
 
 Tables: (1) how recognisable decoded prior samples are to the classifier
-(`latent.prior_sample_study`); (2) smoothness of interpolation paths in pixel
-space (`latent.path_smoothness`); (3) k-NN accuracy on latent means
+(`prior_sample_study`); (2) smoothness of interpolation paths in pixel
+space (`path_smoothness`); (3) k-NN accuracy on latent means
 (`latent.knn_classify`); (4) inpainting (`latent.inpaint`): log-likelihood and
 accuracy of the hidden pixels, against the mean training image.
 """
@@ -121,7 +121,7 @@ def _study(config: LatentStudyConfig, wd: workdir_lib.Workdir) -> dict:
   # (1) Prior samples.
   if "prior_samples" not in staged:
     with progress_lib.Progress("prior samples", 1, unit="pass"):
-      table, sample_pictures = latent.prior_sample_study(
+      table, sample_pictures = prior_sample_study(
           models, keys["samples"], probs_fn, {n: c["train"] for n, c in codes.items()}, config.num_samples)
     plots.save_panels(staged.path("prior_samples.png"),
                       [(label, plots.image_grid(images, 8)) for label, images in sample_pictures.items()])
@@ -139,7 +139,7 @@ def _study(config: LatentStudyConfig, wd: workdir_lib.Workdir) -> dict:
           z0, z1 = codes[name]["test"][first], codes[name]["test"][second]
           paths = jax.vmap(lambda a, b, m=method: latent.interpolate(a, b, config.path_length, m))(z0, z1)
           images = np.asarray(latent.decode_means(model, params, paths))
-          table[f"{name}, {method}"] = latent.path_smoothness(images, probs_fn)
+          table[f"{name}, {method}"] = path_smoothness(images, probs_fn)
           path_pictures.append((f"{name}, {method}", plots.image_grid(images[:8].reshape(-1, images.shape[-1]),
                                                                        config.path_length)))
           shown.advance(1)
@@ -219,3 +219,44 @@ def markdown(results: dict) -> str:
   lines += [f"| {mask} | {k} | {v['nats_per_hidden_pixel']:.4f} | {v['hidden_pixel_accuracy']:.4f} |"
             for mask, fills in results["inpainting"].items() for k, v in fills.items()]
   return "\n".join(lines) + "\n"
+
+
+def prior_sample_study(models, key, probs_fn, train_codes, num):
+  """Decoded prior samples of each model and the judge's verdict on them (`classifier.recognisability`).
+
+  `models`: {name: (model, params)}; for the "AE" also samples from a Gaussian fitted
+  to its training codes `train_codes[name]` [N, L]. `probs_fn(images) -> [N, 10]`.
+  Returns ({generator: recognisability}, {generator: 64 images [64, D]}).
+  """
+  z_key, fit_key = jax.random.split(key)
+  rows, pictures = {}, {}
+  for name, (model, params) in models.items():
+    z = jax.random.normal(z_key, (num, model.latent_dim))
+    generators = {f"{name}, z ~ N(0, I)": z}
+    if name == "AE":  # a fairer AE: a Gaussian fitted to its training codes
+      codes = train_codes[name]
+      mean, cov = codes.mean(axis=0), np.cov(codes, rowvar=False).reshape(model.latent_dim, model.latent_dim)
+      generators[f"{name}, z ~ Gaussian fitted to its codes"] = jax.random.multivariate_normal(
+          fit_key, jnp.asarray(mean), jnp.asarray(cov), (num,), method="svd")
+    for label, z in generators.items():
+      images = latent.decode_means(model, params, z)
+      rows[label] = classifier_lib.recognisability(probs_fn(images))
+      pictures[label] = np.asarray(images[:64])
+  return rows, pictures
+
+
+def path_smoothness(images_PxTxD, probs_fn) -> dict[str, float]:
+  """Pixel-space regularity of decoded paths [P, T, D].
+
+  length_ratio: path length over the endpoint distance (1 = a straight fade);
+  largest_step: the largest step's share of the path length (1 / (T - 1) when all
+  steps are equal, near 1 for a sudden jump); midpoint_confidence: the classifier's
+  mean top probability on the interior points (do they look like digits?).
+  """
+  steps_PxT = np.linalg.norm(np.diff(images_PxTxD, axis=1), axis=-1)
+  length_P = steps_PxT.sum(axis=1)
+  direct_P = np.linalg.norm(images_PxTxD[:, -1] - images_PxTxD[:, 0], axis=-1)
+  interior = images_PxTxD[:, 1:-1].reshape(-1, images_PxTxD.shape[-1])
+  return {"length_ratio": float(np.mean(length_P / np.maximum(direct_P, 1e-6))),
+          "largest_step": float(np.mean(steps_PxT.max(axis=1) / np.maximum(length_P, 1e-6))),
+          "midpoint_confidence": float(np.asarray(probs_fn(interior)).max(axis=1).mean())}

@@ -3,7 +3,8 @@
 How a run resumes, in one place. A family hands `fit` a few plain functions:
 
   train_epoch(state, epoch) -> (state, metrics)   one compiled epoch (`train.make_epoch`);
-                                                   a pure function of (state, epoch)
+                                                   a pure function of (state, epoch); `metrics`
+                                                   holds at least `EPOCH_METRICS` (make_epoch's do)
   record(params, replica, epoch, metrics) -> dict  the epoch's record fields (train and test numbers)
   final(params, replica) -> dict                   the final record's fields
   artifacts(params, replica, directory, epoch)     pictures: after each epoch, and with epoch=None at the end
@@ -201,6 +202,7 @@ def fit(
         start = time.perf_counter()
         state, metrics = train_epoch(state, epoch)
         metrics, steps = jax.device_get(metrics), _steps(state)
+        _check_metrics(metrics)
         seconds = time.perf_counter() - start
         for index, replica in enumerate(replicas):
           _check_finite(_select(metrics, index, ensemble), epoch, replica, nonfinite_policy, mngr, ensemble)
@@ -243,6 +245,18 @@ def fit(
       say(replica, f"final: {final_summary(rec)}; artifacts in {replica.directory}")
       finals.append(rec)
     return finals
+
+
+# What `fit` reads of every epoch's metrics: images trained on, updates skipped as non-finite, the
+# first such step (-1 when none); `train.make_epoch` returns them beside the loss's own.
+EPOCH_METRICS = ("num_images", "nonfinite_steps", "first_nonfinite_step")
+
+
+def _check_metrics(metrics) -> None:
+  missing = [name for name in EPOCH_METRICS if not isinstance(metrics, dict) or name not in metrics]
+  if missing:
+    raise ConfigError(f"train_epoch's metrics lack {', '.join(missing)}: fit reads them every epoch; build the "
+                      "epoch with jaxvae.make_epoch, or return them beside your loss's metrics")
 
 
 def _check_finite(metrics: dict, epoch: int, replica: Replica, policy: str, mngr, ensemble: bool) -> None:

@@ -17,6 +17,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxvae import registry
+
 ACTIVATIONS = ("relu", "tanh", "elu", "gelu", "silu", "softplus", "leaky_relu", "sigmoid")
 # "uniform": weights and biases ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)), PyTorch's nn.Linear default;
 # on MNIST (784-400-20, 10 epochs) it reaches a test -ELBO about 0.6 nats lower than
@@ -343,3 +345,7 @@ def data_mean_bias(images_NxD, eps: float = 1e-3) -> jax.Array:
   """logit of the mean pixel (level / 255) of uint8 training images, clipped to [eps, 1 - eps]: [D]."""
   mean_D = jnp.mean(jnp.asarray(images_NxD, jnp.float32), axis=0) / 255.0
   return jax.scipy.special.logit(jnp.clip(mean_D, eps, 1.0 - eps))
+
+
+registry.register(VAE, init_params)
+registry.register(TwoLayerVAE, init_params)

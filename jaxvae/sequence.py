@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxvae import distributions
+from jaxvae import registry
 
 # Special token ids of every vocabulary (see `jaxvae.text.Vocabulary`).
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
@@ -181,3 +182,6 @@ def homotopy(z0_L, z1_L, num: int) -> jax.Array:
   """`num` evenly spaced points on the line from z0 to z1, ends included: [num, L] (Bowman's homotopy)."""
   t = jnp.linspace(0.0, 1.0, num)[:, None]
   return (1 - t) * z0_L + t * z1_L
+
+
+registry.register(SequenceVAE, init_params)

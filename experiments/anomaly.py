@@ -12,6 +12,9 @@ score at telling the held-out digit from the nine seen ones is computed
 into the sweep's directory (one launch.sh made, marked as a sweep), or into --outdir (new,
 empty or an earlier analysis's); they replace those of an earlier analysis only once all
 three are written. With several seeds per setting, AUROCs are averaged.
+
+Result (experiments/RESULTS.md): mean AUROC over the ten held-out digits 0.685 to 0.691 for every
+score (VAE or AE); a held-out 1 is the hardest (0.047 to 0.068).
 """
 
 import json

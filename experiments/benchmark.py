@@ -21,6 +21,9 @@ load, the median images/s of:
   sgd_epoch       compiled_epoch with plain SGD: the gap to compiled_epoch is Adam's cost (vae_b128);
   ensemble_R      R models (seeds 0..R-1) in one vmapped epoch, total images/s of all
                   replicas (R sequential runs reach compiled_epoch's images/s; vae_b128).
+
+Result (experiments/RESULTS.md), Intel Xeon: compiled_epoch at 2.0x PyTorch's images/s at batch
+128 and 2.7x at batch 20 on one core; 84% and 74% of the matmuls-and-Adam bound.
 """
 
 import dataclasses

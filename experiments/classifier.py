@@ -6,6 +6,8 @@ trains through the one training loop (`jaxvae.classifier.train_and_evaluate`):
 resumable, checkpointed, its final record in metrics.jsonl holds the test
 accuracy. Re-running the same command reports the finished classifier; load it
 with `jaxvae.classifier.load_classifier(workdir)`.
+
+Result (experiments/RESULTS.md): 98.04% test accuracy after 10 epochs.
 """
 
 from absl import flags

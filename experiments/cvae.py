@@ -7,6 +7,9 @@ trains q(z | x, y) and p(x | z, y) (`jaxvae.conditional.ConditionalVAE`, the lab
 one-hot) through the one training loop (`jaxvae.cvae.train_and_evaluate`: resumable,
 checkpointed) and writes results.json, class_grid.png and reconstructions.png into
 --workdir (see `jaxvae.cvae`). Re-running the same command resumes or reports the result.
+
+Result (experiments/RESULTS.md): with L = 4, 98.27% of 10,000 class-conditional samples are
+classified as the digit requested.
 """
 
 from absl import flags

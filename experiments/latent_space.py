@@ -8,6 +8,10 @@ r"""A VAE's latent space against a plain autoencoder's: samples, paths, neighbou
 writes the four tables (results.md, results.json, also printed) and the pictures
 of `jaxvae.latent_study` into --outdir (new, empty or an earlier study's, which it
 replaces).
+
+Result (experiments/RESULTS.md), L = 20: the classifier's mean top-class probability on decoded
+z ~ N(0, I) is 0.892 for the VAE, 0.555 for the AE; the VAE's predictive inpainting of a lower half
+costs 0.200 nats per hidden pixel against 0.267 for the mean image.
 """
 
 from absl import flags

@@ -13,6 +13,9 @@ resumes from the newest checkpoint. Reload the model with
   python -m experiments.mnist --distributed               # under SLURM / on a TPU pod: auto-detected
 
 Each batch is split over all devices of all processes.
+
+Result (experiments/RESULTS.md): the default run, test -ELBO 98.47 ± 0.25 and IWAE NLL (k = 5,000)
+92.95 ± 0.24 nats; Burda et al.'s one-layer Table-1 model on their full schedule, 86.38 ± 0.23 (theirs 86.76).
 """
 
 

@@ -8,6 +8,9 @@ starts from z and reads the rows above); the data and binarization are those of
 experiments.mnist, so the test NLL (k importance samples) sits beside the MLP
 VAE's. Writes results.json, samples.png, reconstructions.png, interpolations.png
 into --workdir (see `jaxvae.seqvae`); the same command resumes.
+
+Result (experiments/RESULTS.md): with KL warm-up and row dropout, test NLL (k = 1,000) 86.19 ± 0.23
+nats, 6.99 below the MLP VAE's; the decoder alone (--model=lm) 94.61.
 """
 
 from absl import flags

@@ -6,6 +6,9 @@ inference gaps and where the KL goes.
 
 writes results.md, results.json and results.png (results.md also printed) into --outdir (new, empty or an earlier
 report's, which it replaces); see `jaxvae.report`.
+
+Result (experiments/RESULTS.md), the default run: AIS is 0.76 ± 0.04 nats tighter than the k = 5,000 IWAE
+bound; of the 6.21-nat inference gap, 4.07 is amortization and 2.14 approximation.
 """
 
 from absl import flags

@@ -9,6 +9,9 @@ One M2 per seed in --seeds, each trained through the one training loop in
 --outdir/seed=<s>/ (resumable: the same command continues a stopped study, and a
 finished seed is never trained again); then results.json (test error per seed,
 mean, std, the paper's number) and class_grid.png (see `jaxvae.semisupervised`).
+
+Result (experiments/RESULTS.md): M1+M2 from 100 labels, test error 4.96% ± 0.16 over three label
+draws (Kingma et al.: 3.33%).
 """
 
 from absl import flags

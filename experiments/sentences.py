@@ -11,6 +11,9 @@ UNK), a fixed train / valid / test split by --split_seed. Reports per test
 sentence the importance-sampled NLL, perplexity per token, KL and active units;
 writes samples.txt and homotopies.txt into --workdir (see `jaxvae.seqvae`). The
 same command resumes.
+
+Result (experiments/RESULTS.md): the plain VAE collapses to the language model (KL 0.02 nats, NLL
+30.03 against the LM's exact 30.14); KL warm-up and word dropout put 2.11 nats into z (NLL 30.46).
 """
 
 from absl import flags

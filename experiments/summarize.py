@@ -136,7 +136,8 @@ def write_csv(path: pathlib.Path, runs: list[Run], fields: list[str], root: path
     writer.writerow(["directory", *fields, "seed", "status", "last_epoch", *(name for _, name, _ in METRICS)])
     for run in runs:
       final = run.final or {}
-      writer.writerow([run.directory.relative_to(root), *(getattr(run.config, name) for name in fields), run.config.seed,
+      writer.writerow([run.directory.relative_to(root), *(getattr(run.config, name) for name in fields),
+                       run.config.seed,
                        "complete" if run.final else "incomplete", run.last_epoch,
                        *(final.get(name, "") for _, name, _ in METRICS)])
 

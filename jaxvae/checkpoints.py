@@ -285,8 +285,9 @@ def load_model(workdir, epoch: int | None = None, model=None):
   A module class jaxvae does not know (a model of your own trained through `fit`)
   is named in code: `load_model(workdir, model=MyVAE)` rebuilds `MyVAE(**fields)`
   from the spec (or takes the instance passed) and returns its params as stored;
-  a marker never makes jaxvae import or run anything by name. `workdir` may also be the `seed=<s>/` directory of one replica of an ensemble; the
-  ensemble's own workdir gives params with a leading replica axis (replica r:
+  a marker never makes jaxvae import or run anything by name. `workdir` may also
+  be the `seed=<s>/` directory of one replica of an ensemble; the ensemble's own
+  workdir gives params with a leading replica axis (replica r:
   `jax.tree.map(lambda a: a[r], params)`). Nothing on disk changes.
 
   Returns:

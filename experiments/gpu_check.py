@@ -53,7 +53,6 @@ so, without the packages the GPU machine lacks):
 """
 
 import dataclasses
-import hashlib
 import importlib.util
 import json
 import math
@@ -198,15 +197,11 @@ def reference_applies(config: jaxvae.Config, fingerprint: str) -> bool:
 def tensorboard() -> str:
   """Whether the run writes TensorBoard files: `jaxvae.records` skips them where tensorboardX is
   missing (metrics.jsonl, the record of truth, is complete either way)."""
-  return "tensorboardX" if importlib.util.find_spec("tensorboardX") else "none (tensorboardX not installed)"
-
-
-def params_digest(params) -> str:
-  """sha256 of every leaf's bytes in tree order: equal digests are bit-identical params."""
-  digest = hashlib.sha256()
-  for leaf in jax.tree.leaves(jax.device_get(params)):
-    digest.update(np.ascontiguousarray(leaf).tobytes())
-  return digest.hexdigest()[:16]
+  try:
+    import tensorboardX  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    return "none (tensorboardX not installed)"
+  return "tensorboardX"
 
 
 def train_briefly(config: jaxvae.Config, mnist: jaxvae.Mnist, model) -> tuple[dict, dict]:
@@ -226,7 +221,7 @@ def train_briefly(config: jaxvae.Config, mnist: jaxvae.Mnist, model) -> tuple[di
     train_neg_elbo.append(float(metrics["neg_elbo"]))
   test_x = jaxvae.train.replicate(jaxvae.test_targets(mnist.test.images, config.binarization), mesh)
   record = jaxvae.run.test_elbo(model, state.params, keys.eval, test_x)
-  return {"train_neg_elbo": train_neg_elbo, **record, "params_digest": params_digest(state.params)}, state.params
+  return {"train_neg_elbo": train_neg_elbo, **record, "params_digest": jaxvae.checkpoints.fingerprint(state.params)}, state.params
 
 
 def device_record() -> dict:
@@ -660,15 +655,16 @@ def iwae_once(model, params, test_x, k: int, batch_size: int, chunk_size: int, c
   timed batch projects the whole past `cap_s`, over the images that fit, and the time is projected."""
   key = jaxvae.KeyStreams.from_seed(0).eval
   batch_size = min(batch_size, len(test_x))
-  jaxvae.iwae_bounds(model, params, key, test_x[:batch_size], k, batch_size, chunk_size)  # compiles
+  jaxvae.iwae_bounds(model, params, key, test_x[:batch_size], k, batch_size, chunk_size,
+                     progress=None)  # compiles
   start = time.perf_counter()
-  jaxvae.iwae_bounds(model, params, key, test_x[:batch_size], k, batch_size, chunk_size)
+  jaxvae.iwae_bounds(model, params, key, test_x[:batch_size], k, batch_size, chunk_size, progress=None)
   per_image = (time.perf_counter() - start) / batch_size
   n = len(test_x)
   if per_image * n > cap_s:
     n = max(batch_size, int(cap_s / per_image) // batch_size * batch_size)
   start = time.perf_counter()
-  bounds = jaxvae.iwae_bounds(model, params, key, test_x[:n], k, batch_size, chunk_size)
+  bounds = jaxvae.iwae_bounds(model, params, key, test_x[:n], k, batch_size, chunk_size, progress=None)
   seconds = time.perf_counter() - start
   projected = n < len(test_x)
   seconds_all = seconds * len(test_x) / n

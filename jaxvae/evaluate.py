@@ -177,9 +177,10 @@ def available_memory() -> int:
   if stats and stats.get("bytes_limit"):
     return int(stats["bytes_limit"])
   try:
-    for line in open("/proc/meminfo", encoding="ascii"):  # pylint: disable=consider-using-with
-      if line.startswith("MemAvailable:"):
-        return int(line.split()[1]) * 1024
+    with open("/proc/meminfo", encoding="ascii") as meminfo:
+      for line in meminfo:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
   except (OSError, ValueError, IndexError):
     pass
   return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
